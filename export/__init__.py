@@ -1,0 +1,1 @@
+"""fkp-track export: checkpoints to self-describing ONNX files."""

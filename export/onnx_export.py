@@ -1,0 +1,178 @@
+"""``fkp-export``: an fkp-train checkpoint -> a self-describing ONNX model (+ model card).
+
+The graph takes ``image`` float32 (B, 1, S, S) with a dynamic batch and returns ``points``
+(B, K, 2) in normalised crop coordinates and, for models with one, ``score`` (B,). The JSON
+metadata (:class:`fkp.tracker.metadata.ModelMeta`) is stored under the key ``fkp``. Export
+fails unless torch and onnxruntime agree to 1e-3 on the same batch.
+
+Example::
+
+    fkp-export runs/fastnet/final.pt weights/fastnet.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from fkp.tracker.landmarks import NUM_POINTS
+from fkp.tracker.metadata import METADATA_KEY, ModelMeta
+
+log = logging.getLogger("fkp.export")
+TOLERANCE = 1e-3
+
+
+class ExportError(RuntimeError):
+    """Export failed; the message is one line for the user."""
+
+
+def build_meta(ck: dict) -> ModelMeta:
+    """Metadata from a checkpoint's arguments, history and final metrics."""
+    a = ck["args"]
+    metrics = dict(ck.get("metrics") or (ck["history"][-1] if ck.get("history") else {}))
+    cmd = ["fkp-train"]
+    for k, v in a.items():
+        if k in ("resume", "verbose") or v in (False, None, 0) and k in ("max_steps", "threads",
+                                                                        "workers", "skip_bad"):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            cmd.append(flag)
+        elif isinstance(v, list):
+            cmd += [flag, *map(str, v)]
+        elif v is not False:
+            cmd += [flag, str(v)]
+    training = {
+        "datasets": ck.get("datasets") or [Path(d).name for d in a["data"]],
+        "split": f"by person/photo (group hash, val_fraction={a['val_fraction']}, fixed seed 0)",
+        "command": shlex.join(cmd), "epochs": ck["epoch"], "input_size": a["input_size"],
+        "loss": a["loss"], "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
+    }
+    return ModelMeta(
+        arch=ck["arch"], input_size=int(a["input_size"]), num_points=len(ck["point_indices"]),
+        crop_margin=float(a["margin"]), has_score=ck["arch"] == "fastnet",
+        score_threshold=float(ck.get("score_threshold", 0.0)),
+        point_indices=[] if len(ck["point_indices"]) == NUM_POINTS else list(ck["point_indices"]),
+        mean_shape=[[round(x, 5), round(y, 5)] for x, y in
+                    np.asarray(ck["mean_shape"])[ck["point_indices"]].tolist()],
+        training=training,
+        metrics={k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()
+                 if k.split("/")[0] in ("nme", "mae", "failure_rate", "n")
+                 or k.startswith("score_")})
+
+
+def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True) -> float:
+    """Export and verify. Returns the max torch/onnxruntime difference. Raises ExportError."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from fkp.train.models import create_model
+    from fkp.train.trainer import load_checkpoint
+
+    try:
+        ck = load_checkpoint(checkpoint)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+    try:
+        model = create_model(ck["arch"], input_size=ck["args"]["input_size"])
+        model.load_state_dict(ck["model"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ExportError(f"{checkpoint}: {str(exc).splitlines()[0]}") from None
+    model.eval()
+    meta = build_meta(ck)
+    meta.validate()
+    names = ["points", "score"] if meta.has_score else ["points"]
+
+    class Graph(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, image):
+            o = self.net(image)
+            return tuple(o[n] for n in names)
+
+    size = meta.input_size
+    x = torch.rand(check_batch, 1, size, size, generator=torch.Generator().manual_seed(0)) - 0.5
+    with torch.no_grad():
+        ref = Graph(model)(x)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Graph(copy.deepcopy(model)), (x,), str(tmp), input_names=["image"], output_names=names,
+                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                          opset_version=17, dynamo=False)
+    proto = onnx.load(str(tmp))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    proto.producer_name = "fkp-export"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"image": x.numpy()})
+    diff = max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
+    print(f"max |torch - onnxruntime| = {diff:.2e} (batch {check_batch})")
+    if not diff <= TOLERANCE:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"torch and onnxruntime differ by {diff:.2e} > {TOLERANCE:g}")
+    os.replace(tmp, out)
+    if card:
+        write_card(out.with_suffix(".md"), meta, out)
+    return diff
+
+
+def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
+    """A model card from the metadata (data, split, command, epochs, size, metrics, time)."""
+    t, m = meta.training, meta.metrics
+    rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(m.items()))
+    mb = onnx_path.stat().st_size / 1e6
+    text = f"""# {onnx_path.name}
+
+- architecture: `{meta.arch}`, input {meta.input_size}x{meta.input_size} gray,
+  pixels `x * {meta.norm_scale:.6g} + {meta.norm_offset}`, crop margin {meta.crop_margin},
+  {meta.num_points} points{', face score output' if meta.has_score else ''}; {mb:.1f} MB
+- training data: {', '.join(t['datasets'])} (research-only licences)
+- split: {t['split']}
+- epochs: {t['epochs']}, loss: {t['loss']}, training time: {t['train_seconds'] / 60:.1f} min
+- command: `{t['command']}`
+- score threshold (face/no-face): {meta.score_threshold:.4f}
+
+## Validation (person-wise held-out part of each dataset, crops from the true point box)
+
+| metric | value |
+|---|---|
+{rows}
+"""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fkp-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoint", type=Path, help="fkp-train checkpoint (final.pt, best.pt, ...)")
+    p.add_argument("out", type=Path, help="output .onnx path")
+    p.add_argument("--no-card", action="store_true", help="do not write OUT.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        export(args.checkpoint, args.out, card=not args.no_card)
+    except (ExportError, OSError) as exc:
+        print(f"fkp-export: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Tiny labelled datasets written by the tests, in all three formats (nothing downloaded)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def face_shape(cx: float = 48.0, cy: float = 50.0, scale: float = 30.0) -> np.ndarray:
+    """A plausible 68-point face (jaw, brows, nose, eyes, mouth) as (68, 2) pixels."""
+    p = np.zeros((68, 2))
+    p[0:17] = np.c_[np.linspace(-1, 1, 17), 0.2 + 0.9 * np.sqrt(1 - np.linspace(-1, 1, 17) ** 2)]
+    p[17:22] = np.c_[np.linspace(-0.8, -0.2, 5), -0.55 - 0.08 * np.sin(np.linspace(0, np.pi, 5))]
+    p[22:27] = np.c_[np.linspace(0.2, 0.8, 5), -0.55 - 0.08 * np.sin(np.linspace(0, np.pi, 5))]
+    p[27:31] = np.c_[np.zeros(4), np.linspace(-0.35, 0.15, 4)]
+    p[31:36] = np.c_[np.linspace(-0.2, 0.2, 5), np.full(5, 0.25)]
+    a = np.linspace(0, 2 * np.pi, 7)[:-1]
+    p[36:42] = np.c_[-0.45 + 0.15 * np.cos(a + np.pi), -0.3 + 0.06 * np.sin(a)]
+    p[42:48] = np.c_[0.45 + 0.15 * np.cos(a + np.pi), -0.3 + 0.06 * np.sin(a)]
+    b = np.linspace(0, 2 * np.pi, 13)[:-1]
+    p[48:60] = np.c_[0.35 * np.cos(b + np.pi), 0.55 + 0.12 * np.sin(b)]
+    c = np.linspace(0, 2 * np.pi, 9)[:-1]
+    p[60:68] = np.c_[0.25 * np.cos(c + np.pi), 0.55 + 0.05 * np.sin(c)]
+    return p * scale + [cx, cy]
+
+
+def write_folder(root: Path, n: int = 8, size: int = 96, seed: int = 0,
+                 people: int = 4) -> tuple[Path, list[np.ndarray]]:
+    """Folder format: images/Person_K_NN.jpg drawn from their points, and landmarks.csv."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows, shapes = [], []
+    for i in range(n):
+        pts = face_shape(size / 2 + rng.uniform(-5, 5), size / 2 + rng.uniform(-5, 5),
+                         size * rng.uniform(0.25, 0.32))
+        img = np.full((size, size, 3), 90, np.uint8)
+        cv2.ellipse(img, (int(size / 2), int(size / 2)), (int(size * .33), int(size * .42)), 0, 0,
+                    360, (160, 170, 200), -1)
+        for x, y in pts.astype(int):
+            cv2.circle(img, (int(x), int(y)), 1, (30, 30, 30), -1)
+        name = f"Person_{i % people}_{i:02d}.jpg"
+        cv2.imwrite(str(root / "images" / name), img)
+        rows.append(name + "," + ",".join(f"{v:.2f}" for v in pts.ravel()))
+        shapes.append(pts)
+    header = "image," + ",".join(f"x{i},y{i}" for i in range(68))
+    (root / "landmarks.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    return root, shapes
+
+
+def write_pts(root: Path, shapes: list[np.ndarray], size: int = 64) -> Path:
+    """300-W style: image + .pts beside it."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i, pts in enumerate(shapes):
+        cv2.imwrite(str(root / f"helen_{100 + i}_1.png"), np.zeros((size, size), np.uint8))
+        body = "\n".join(f"{x:.3f} {y:.3f}" for x, y in pts)
+        (root / f"helen_{100 + i}_1.pts").write_text(f"version: 1\nn_points:  68\n{{\n{body}\n}}\n")
+    return root
+
+
+def write_xml(root: Path, shapes: list[np.ndarray], size: int = 64) -> Path:
+    """dlib/iBUG XML with one box per image."""
+    root.mkdir(parents=True, exist_ok=True)
+    items = []
+    for i, pts in enumerate(shapes):
+        cv2.imwrite(str(root / f"img{i}.jpg"), np.zeros((size, size, 3), np.uint8))
+        parts = "".join(f"<part name='{k:02d}' x='{int(x)}' y='{int(y)}'/>"
+                        for k, (x, y) in enumerate(pts))
+        items.append(f"<image file='img{i}.jpg'><box top='1' left='1' width='30' height='30'>"
+                     f"{parts}</box></image>")
+    xml = root / "labels_ibug_300W_train.xml"
+    xml.write_text(f"<dataset><images>{''.join(items)}</images></dataset>")
+    return xml

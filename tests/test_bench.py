@@ -1,0 +1,91 @@
+"""fkp-bench on the tiny ONNX model and the astronaut clip of conftest.py (nothing downloaded)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from fkp.tracker import bench
+from fkp.tracker.videoscore import read_points_csv
+
+
+def run(capsys, *argv: str) -> tuple[int, list[str], list[str]]:
+    code = bench.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out.strip().splitlines(), out.err.strip().splitlines()
+
+
+def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
+    csv_path = tmp_path / "fkp.csv"
+    code, out, err = run(capsys, "--video", str(face_video), "--model", str(tiny_model),
+                         "--device", "cpu", "--frames", "12", "--warmup", "2",
+                         "--csv", str(csv_path))
+    assert code == 0, err
+    res = json.loads(out[-1])
+    assert res["fps"] > 0 and res["frames"] == 10
+    assert set(bench.FKP_STAGES) <= set(res["stages_ms"])
+    assert res["provider"] == "CPUExecutionProvider"
+    assert res["model"].endswith("tiny.onnx") and res["arch"] == "tiny-test"
+    assert res["faces_per_frame"] > 0.5
+    assert "dlib" not in res
+    rows = read_points_csv(csv_path)
+    assert rows and max(rows) <= 11
+
+
+def test_bench_dlib_not_installed(capsys, tiny_model, face_video, monkeypatch):
+    monkeypatch.setitem(sys.modules, "dlib", None)     # import dlib -> ImportError
+    code, out, err = run(capsys, "--video", str(face_video), "--model", str(tiny_model),
+                         "--device", "cpu", "--frames", "4", "--vs", "dlib")
+    assert code == 0, err
+    line = [x for x in out if "dlib" in x and "skipped" in x]
+    assert len(line) == 1 and "pip install dlib-bin face-recognition-models" in line[0]
+    res = json.loads(out[-1])
+    assert "error" in res["dlib"] and res["speedup_vs_dlib"] is None
+
+
+def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
+    pytest.importorskip("dlib")
+    from fkp.tracker.dlib_loop import DlibUnavailable, predictor_path
+    try:
+        predictor_path()
+    except DlibUnavailable as exc:
+        pytest.skip(str(exc))
+    dlib_csv = tmp_path / "dlib.csv"
+    code, out, err = run(capsys, "--video", str(face_video), "--model", str(tiny_model),
+                         "--device", "cpu", "--frames", "3", "--warmup", "0", "--vs", "dlib",
+                         "--dlib-upsample", "0", "--dlib-csv", str(dlib_csv))
+    assert code == 0, err
+    res = json.loads(out[-1])
+    assert res["dlib"]["fps"] > 0 and res["speedup_vs_dlib"] > 0
+    assert set(bench.DLIB_STAGES) <= set(res["dlib"]["stages_ms"])
+    assert res["dlib"]["faces_per_frame"] > 0          # HOG finds the astronaut
+    rows = read_points_csv(dlib_csv)
+    assert sorted(rows) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("argv, code", [
+    (["--video", "/nonexistent/x.mp4"], 1),
+    (["--video", "VIDEO", "--model", "/nonexistent/m.onnx"], 1),
+    (["--video", "VIDEO", "--frames", "-1"], 2),
+    (["--video", "VIDEO", "--vs", "mediapipe"], 2),
+    ([], 2),
+])
+def test_bench_bad_input(capsys, face_video, tiny_model, argv, code):
+    argv = [str(face_video) if a == "VIDEO" else a for a in argv]
+    if "--model" not in argv:
+        argv += ["--model", str(tiny_model)]
+    try:
+        got = bench.main(argv)
+    except SystemExit as e:
+        got = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert got == code
+    assert len(err) == 1 and err[0].startswith("fkp-bench: error:"), err
+    assert "Traceback" not in err[0]
+
+
+def test_bench_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--help"])
+    assert e.value.code == 0 and "--vs" in capsys.readouterr().out

@@ -1,0 +1,73 @@
+"""Dataset readers (folder, .pts, iBUG XML), bad input, and the fixed person-wise split."""
+import numpy as np
+import pytest
+
+from datasets import face_shape, write_folder, write_pts, write_xml
+from fkp.tracker.data import (DatasetError, group_of, load_all, read_dataset, split_by_group)
+
+
+def test_three_formats_give_the_same_points(tmp_path):
+    root, shapes = write_folder(tmp_path / "f", n=3)
+    a = read_dataset(root)
+    b = read_dataset(write_pts(tmp_path / "p", shapes))
+    c = read_dataset(write_xml(tmp_path / "x", shapes))
+    assert len(a) == len(b) == len(c) == 3
+    for s, pts in zip(a, shapes):
+        assert s.points.shape == (68, 2) and np.allclose(s.points, pts, atol=0.01)
+    assert np.allclose(b[1].points, shapes[1], atol=1e-3)
+    assert np.allclose(c[2].points, np.trunc(shapes[2]))
+    assert a[0].group == "Person_0" and b[0].group == "helen_100"
+
+
+def test_group_names():
+    assert group_of("George_W_Bush_03.jpg") == "George_W_Bush"
+    assert group_of("afw_111076519_2.jpg") == "afw_111076519"
+
+
+def test_malformed_row_names_file_and_row(tmp_path):
+    root, _ = write_folder(tmp_path / "f", n=3)
+    csv = root / "landmarks.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 2)[0]            # row 3: two coordinates missing
+    lines[3] = lines[3].replace(",", ",x", 1)        # row 4: not a number
+    csv.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"landmarks.csv:3: expected 136 coordinates, got 134"):
+        read_dataset(root)
+    bad: list[str] = []
+    assert len(read_dataset(root, bad)) == 1 and len(bad) == 2 and ":4:" in bad[1]
+
+
+def test_missing_image_and_skip_bad(tmp_path):
+    root, _ = write_folder(tmp_path / "f", n=3)
+    (root / "images" / "Person_1_01.jpg").unlink()
+    samples = read_dataset(root)
+    with pytest.raises(DatasetError, match="Person_1_01.jpg: missing or unreadable"):
+        load_all(samples)
+    kept, images, skipped = load_all(samples, skip_bad=True)
+    assert len(kept) == len(images) == 2 and skipped == 1
+
+
+def test_xml_with_wrong_number_of_parts(tmp_path):
+    xml = write_xml(tmp_path / "x", [face_shape()])
+    xml.write_text(xml.read_text().replace("<part name='67'", "<skip name='67'"))
+    with pytest.raises(DatasetError, match="67 parts, expected 68"):
+        read_dataset(xml)
+
+
+def test_not_a_dataset(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        read_dataset(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="not a dataset"):
+        read_dataset(tmp_path)
+
+
+def test_split_is_by_group_fixed_and_stable(tmp_path):
+    root, _ = write_folder(tmp_path / "f", n=60, people=30)
+    samples = read_dataset(root)
+    train, val = split_by_group(samples, 0.3)
+    assert {s.group for s in train}.isdisjoint({s.group for s in val})
+    assert 0 < len(val) < len(samples)
+    # adding or removing other people never moves anyone
+    train2, val2 = split_by_group(samples[::2], 0.3)
+    assert {s.group for s in val2} <= {s.group for s in val}
+    assert [s.path for s in split_by_group(samples, 0.3)[1]] == [s.path for s in val]

@@ -1,0 +1,90 @@
+"""Crop transform, its inverse, the flip permutation, and points following pixels."""
+import numpy as np
+import pytest
+
+from fkp.tracker.geometry import (apply_affine, box_from_points, crop, crop_matrix,
+                                  invert_affine, roll_angle)
+from fkp.tracker.landmarks import FLIP_PERM, NUM_POINTS, nme, shape_plausibility
+
+
+def test_flip_permutation_is_an_involution_and_swaps_sides():
+    assert sorted(FLIP_PERM) == list(range(NUM_POINTS))
+    assert np.array_equal(FLIP_PERM[FLIP_PERM], np.arange(NUM_POINTS))
+    assert FLIP_PERM[36] == 45 and FLIP_PERM[0] == 16 and FLIP_PERM[30] == 30
+    assert FLIP_PERM[48] == 54 and FLIP_PERM[8] == 8 and FLIP_PERM[62] == 62
+
+
+def test_crop_matrix_maps_box_centre_to_crop_centre_and_inverts():
+    box = np.array([40.0, 60.0, 140.0, 180.0])
+    m = crop_matrix(box, 128, margin=0.25, angle_deg=17.0, flip=True)
+    c = apply_affine(np.array([[90.0, 120.0]]), m)
+    assert np.allclose(c, 63.5)
+    pts = np.random.default_rng(0).uniform(0, 200, (68, 2))
+    back = apply_affine(apply_affine(pts, m), invert_affine(m))
+    assert np.allclose(back, pts, atol=1e-9)
+    # the square side is max(w, h) * (1 + 2 margin)
+    m0 = crop_matrix(box, 100, margin=0.25)
+    assert m0[0, 0] == pytest.approx(100 / (120 * 1.5))
+
+
+def test_batched_inverse_matches_single():
+    ms = np.stack([crop_matrix(np.array([0, 0, 50 + i, 60.0]), 64, 0.2, 5.0 * i) for i in range(4)])
+    inv = invert_affine(ms)
+    for m, i in zip(ms, inv):
+        assert np.allclose(i, invert_affine(m))
+
+
+def test_roll_angle_makes_crop_upright():
+    pts = np.zeros((68, 2))
+    pts[36:42] = [100, 100]
+    pts[42:48] = [150, 130]      # right eye lower: rolled clockwise in the image
+    a = roll_angle(pts)
+    m = crop_matrix(box_from_points(pts), 128, 0.25, a)
+    eyes = apply_affine(pts[[36, 42]], m)
+    assert eyes[0, 1] == pytest.approx(eyes[1, 1], abs=1e-6)
+    assert eyes[1, 0] > eyes[0, 0]
+
+
+def test_crop_pads_past_the_frame_edge():
+    img = np.full((50, 50), 200, np.uint8)
+    out, m = crop(img, np.array([-30.0, -30.0, 10.0, 10.0]), 32)
+    assert out.shape == (32, 32) and (out == 200).all()
+
+
+def test_nme_and_plausibility():
+    t = np.random.default_rng(1).uniform(0, 100, (3, 68, 2))
+    t[:, 36], t[:, 45] = [10, 50], [60, 50]
+    p = t.copy()
+    p[..., 0] += 5.0
+    assert np.allclose(nme(p, t), 10.0)
+    assert shape_plausibility(t[:1] * 2 + 3, t[0])[0] == pytest.approx(1.0)
+
+
+def _marked_image():
+    """A 480x480 image with 68 distinct-intensity 9x9 marks on a grid, and their points."""
+    img = np.zeros((480, 480, 3), np.uint8)
+    pts = np.array([[80 + 40 * (i % 9), 80 + 40 * (i // 9)] for i in range(68)], np.float32)
+    for i, (x, y) in enumerate(pts.astype(int)):
+        img[y - 4:y + 5, x - 4:x + 5] = 40 + 3 * i
+    return img, pts
+
+
+def test_points_follow_pixels_through_every_augmentation():
+    """Marks drawn at the points are found where the transformed points say, flips included."""
+    from fkp.train.dataset import AugmentConfig, FaceDataset
+
+    img, pts = _marked_image()
+    aug = AugmentConfig(flip=0.5, rotation=30, brightness=0, contrast=0, saturation=0, hue=0,
+                        blur=0, noise=0)
+    ds = FaceDataset([img], pts[None], 160, 0.25, augment=aug, seed=3)
+    flipped = checked = 0
+    for _ in range(40):
+        gray, out, mat = ds.sample(0)
+        flip = np.linalg.det(mat[:, :2]) < 0
+        flipped += flip
+        src = FLIP_PERM if flip else np.arange(68)
+        for k, (x, y) in enumerate(np.round(out).astype(int)):
+            if 0 <= x < 160 and 0 <= y < 160:
+                assert abs(int(gray[y, x]) - (40 + 3 * src[k])) <= 1, (k, flip)
+                checked += 1
+    assert 0 < flipped < 40 and checked > 40 * 60

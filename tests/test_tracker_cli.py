@@ -1,0 +1,182 @@
+"""fkp-track end to end: outputs, every bad input (one stderr line, exit != 0, no traceback),
+interrupted runs keep complete CSV rows, and the runtime never imports torch."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import pytest
+
+from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, make_tiny_model
+from fkp.tracker import cli
+
+N_COLS = 4 + 136
+
+
+def run_main(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_cli(*argv, timeout=60):
+    return subprocess.run([sys.executable, "-m", "fkp.tracker.cli", *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help():
+    p = run_cli("--help")
+    assert p.returncode == 0
+    for opt in ("--camera", "--video", "--images", "--model", "--device", "--smooth",
+                "--no-smooth", "--redetect-every", "--detector", "--contours", "--no-display",
+                "--out", "--csv", "--json", "--max-frames", "-v"):
+        assert opt in p.stdout
+
+
+def test_full_run(tmp_path, tiny_model, face_video):
+    csv_path, json_path, out = tmp_path / "p.csv", tmp_path / "p.jsonl", tmp_path / "o.mp4"
+    p = run_cli("--video", face_video, "--model", tiny_model, "--device", "cpu",
+                "--no-display", "--contours", "--csv", csv_path, "--json", json_path,
+                "--out", out, "--threads", "1")
+    assert p.returncode == 0, p.stderr
+    assert p.stderr == ""
+    assert "CPUExecutionProvider" in p.stdout and "tiny.onnx" in p.stdout
+    n_faces = FACE_FRAMES + FACE_FRAMES_2
+    rows = list(csv.reader(csv_path.open()))[1:]
+    assert len(rows) == n_faces and all(len(r) == N_COLS for r in rows)
+    blank = set(range(FACE_FRAMES, FACE_FRAMES + BLANK_FRAMES))
+    assert not blank & {int(r[0]) for r in rows}           # no face: no row
+    assert len(json_path.read_text().splitlines()) == n_faces
+    json.loads(json_path.read_text().splitlines()[0])
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == n_faces + BLANK_FRAMES
+    p = run_cli(face_video, "--model", tiny_model, "--no-display", "--max-frames", 5,
+                "--csv", "-", "--no-smooth")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1 + 5
+
+
+def test_bad_input_in_subprocess_has_no_traceback(tmp_path, tiny_model):
+    p = run_cli("--video", tmp_path / "missing.mp4", "--model", tiny_model, "--no-display")
+    assert p.returncode == 1
+    assert p.stderr.count("\n") == 1 and p.stderr.startswith("fkp-track: error: ")
+    assert "Traceback" not in p.stderr + p.stdout
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, tiny_model, face_video):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 20)
+    stub = tmp_path / "stub.avi"
+    stub.write_bytes(face_video.read_bytes()[:3000])
+    noise = tmp_path / "noise.mp4"
+    noise.write_bytes(os.urandom(5000))
+    nometa = make_tiny_model(tmp_path / "nometa.onnx", metadata=False)
+    misfit = make_tiny_model(tmp_path / "misfit.onnx", metadata={"input_size": 32})
+    m = ["--model", tiny_model, "--no-display"]
+    v = ["--video", face_video]
+    return {
+        "missing video": (["--video", tmp_path / "nope.mp4", *m], "does not exist"),
+        "unreadable video": (["--video", noise, *m], "cannot read video"),
+        "video without frames": (["--video", stub, *m], "video"),
+        "camera": (["--camera", "99", *m], "camera 99"),
+        "missing model": ([*v, "--model", tmp_path / "none.onnx", "--no-display"], "model"),
+        "corrupt model": ([*v, "--model", junk, "--no-display"], "cannot load"),
+        "no metadata": ([*v, "--model", nometa, "--no-display"], "metadata"),
+        "metadata misfit": ([*v, "--model", misfit, "--no-display"], "does not fit"),
+        "unknown model": ([*v, "--model", "nosuchnet", "--no-display"], "no model named"),
+        "unwritable csv": ([*v, *m, "--csv", tmp_path / "no/dir/x.csv"], "cannot write"),
+        "csv is a dir": ([*v, *m, "--json", tmp_path], "directory"),
+        "unwritable video": ([*v, *m, "--out", tmp_path / "no/dir/x.mp4"], "cannot write"),
+        "bad detector": ([*v, *m, "--detector", tmp_path / "yunet.onnx"], "YuNet"),
+    }
+
+
+CASES = ["missing video", "unreadable video", "video without frames", "camera",
+         "missing model", "corrupt model", "no metadata", "metadata misfit", "unknown model",
+         "unwritable csv", "csv is a dir", "unwritable video", "bad detector"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_inputs_one_line_nonzero(capsys, bad_inputs, case):
+    argv, words = bad_inputs[case]
+    rc, out, err = run_main(capsys, *argv)
+    assert rc == 1, (out, err)
+    assert err.count("\n") == 1 and err.startswith("fkp-track: error: "), err
+    assert words in err and "Traceback" not in err
+
+
+def test_cuda_without_gpu(capsys, tiny_model, face_video):
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    rc, _, err = run_main(capsys, "--video", face_video, "--model", tiny_model, "--device",
+                          "cuda", "--no-display")
+    assert rc == 1 and err.count("\n") == 1 and "--device cuda" in err
+
+
+def test_headless_display(capsys, monkeypatch, tiny_model, face_video):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    rc, _, err = run_main(capsys, "--video", face_video, "--model", tiny_model)
+    assert rc == 1 and err.count("\n") == 1 and "--no-display" in err
+
+
+def test_truncated_video_keeps_rows(capsys, tmp_path, tiny_model, face_video):
+    cut = tmp_path / "cut.avi"
+    data = face_video.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    csv_path = tmp_path / "cut.csv"
+    rc, _, err = run_main(capsys, "--video", cut, "--model", tiny_model, "--no-display",
+                          "--csv", csv_path)
+    assert rc == 3 and err.count("\n") == 1 and "truncated" in err
+    rows = list(csv.reader(csv_path.open()))[1:]
+    assert rows and all(len(r) == N_COLS for r in rows)
+
+
+def test_two_sources_is_usage_error(capsys, face_video):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--camera", "0", "--video", str(face_video)])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_keeps_complete_rows(tmp_path, tiny_model, long_video, sig):
+    csv_path = tmp_path / "run.csv"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fkp.tracker.cli", "--video", str(long_video), "--model",
+         str(tiny_model), "--no-display", "--csv", str(csv_path), "--threads", "1",
+         "--redetect-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if csv_path.exists() and len(csv_path.read_bytes().splitlines()) > 20:
+            break
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode != 0, "finished before it was interrupted"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    rows = list(csv.reader(csv_path.open()))
+    assert rows[0][0] == "frame" and len(rows) > 20
+    assert all(len(r) == N_COLS for r in rows)
+    frames = [int(r[0]) for r in rows[1:]]
+    assert frames == sorted(frames) and frames[-1] < 1200 - 1
+    [float(x) for r in rows[1:] for x in r]
+
+
+def test_runtime_never_imports_torch():
+    code = ("import sys, pkgutil, importlib, fkp.tracker as t\n"
+            "for m in pkgutil.iter_modules(t.__path__):\n"
+            "    importlib.import_module('fkp.tracker.' + m.name)\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "print('ok', len(list(pkgutil.iter_modules(t.__path__))))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("ok")

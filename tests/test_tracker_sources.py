@@ -1,0 +1,140 @@
+"""Frame sources: video, folder, glob, one image, bad paths, camera (with a fake capture)."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, FRAME_H, FRAME_W
+from fkp.tracker.sources import (CameraSource, ImageSource, SourceError, VideoSource,
+                                 open_source)
+
+N_FRAMES = FACE_FRAMES + BLANK_FRAMES + FACE_FRAMES_2
+
+
+def test_video_every_frame_in_order(face_video):
+    src = open_source(str(face_video))
+    assert isinstance(src, VideoSource) and not src.is_live
+    assert src.size == (FRAME_W, FRAME_H) and src.fps == pytest.approx(25.0)
+    assert src.frame_count == N_FRAMES
+    frames = list(src)
+    assert [f.index for f in frames] == list(range(N_FRAMES))
+    ts = np.array([f.timestamp_ms for f in frames])
+    assert ts[0] == 0 and np.allclose(np.diff(ts), 40.0)
+    assert frames[0].image.shape == (FRAME_H, FRAME_W, 3)
+    assert not src.truncated
+
+
+def test_truncated_video_keeps_frames_and_warns(face_video, tmp_path, caplog):
+    data = face_video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING, logger="fkp.tracker.sources"):
+        src = open_source(cut)
+        n = sum(1 for _ in src)
+    assert 0 < n < N_FRAMES
+    assert src.truncated
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+
+
+def test_images_folder_glob_and_single(tmp_path, astronaut_bgr, caplog):
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"f{i:02d}.png"), astronaut_bgr[::4, ::4])
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "f03.png").write_bytes(b"broken")           # unreadable: skipped
+    src = open_source(tmp_path)
+    assert isinstance(src, ImageSource) and src.size == (128, 128)
+    with caplog.at_level(logging.WARNING):
+        frames = list(src)
+    assert [f.index for f in frames] == [0, 1, 2]
+    assert "f03.png" in caplog.text
+    assert [f.index for f in open_source(str(tmp_path / "f0[12].png"))] == [0, 1]
+    one = list(open_source(tmp_path / "f00.png"))
+    assert len(one) == 1 and one[0].timestamp_ms == 0
+
+
+@pytest.mark.parametrize("make,kind,words", [
+    (lambda d: d / "missing.mp4", None, "no such file"),
+    (lambda d: d / "missing.mp4", "video", "does not exist"),
+    (lambda d: d, "video", "directory"),
+    (lambda d: d / "nothing*.png", None, "no images match"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", None, "no images"),
+    (lambda d: (d / "junk.mp4").write_bytes(b"\0junk" * 50) and d / "junk.mp4", None,
+     "cannot read video"),
+])
+def test_bad_sources(tmp_path, make, kind, words):
+    spec = make(tmp_path)
+    with pytest.raises(SourceError) as exc:
+        open_source(spec, kind)
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_video_with_no_frames(face_video, tmp_path):
+    cut = tmp_path / "stub.avi"
+    cut.write_bytes(face_video.read_bytes()[:3000])
+    with pytest.raises(SourceError, match="cannot read video|no readable frames"):
+        open_source(cut)
+
+
+class FakeCapture:
+    """Delivers numbered frames every ``period`` s; ``opened=False`` mimics a missing camera."""
+
+    def __init__(self, index, opened=True, period=0.002, fail_after=None):
+        self.opened, self.period, self.n, self.fail_after = opened, period, 0, fail_after
+        self.released = threading.Event()
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        time.sleep(self.period)
+        if self.released.is_set() or (self.fail_after is not None and self.n >= self.fail_after):
+            return False, None
+        self.n += 1
+        return True, np.full((24, 32, 3), self.n % 256, np.uint8)
+
+    def get(self, prop):
+        return 30.0 if prop == cv2.CAP_PROP_FPS else 0.0
+
+    def set(self, prop, value):
+        return True
+
+    def release(self):
+        self.released.set()
+
+
+def test_camera_keeps_only_newest_frame_and_stops_cleanly():
+    fake = FakeCapture(0)
+    src = CameraSource(0, capture_factory=lambda i: fake)
+    assert src.is_live and src.size == (32, 24) and src.fps == 30
+    got = []
+    for frame in src:
+        got.append(frame)
+        time.sleep(0.02)                       # slow consumer: frames get dropped
+        if len(got) == 5:
+            break
+    idx = [f.index for f in got]
+    assert idx == sorted(set(idx)) and idx[-1] - idx[0] > 4     # gaps: newest frame only
+    assert all(f.image[0, 0, 0] == (f.index + 1) % 256 for f in got)
+    ts = [f.timestamp_ms for f in got]
+    assert ts == sorted(ts)
+    src.close()
+    assert not src._thread.is_alive() and fake.released.is_set()
+    assert src._thread.daemon
+
+
+def test_camera_that_stops_delivering_ends_stream():
+    src = CameraSource(0, capture_factory=lambda i: FakeCapture(0, fail_after=3),
+                       frame_timeout=0.5)
+    assert len(list(src)) <= 3
+
+
+def test_camera_that_wont_open():
+    with pytest.raises(SourceError) as exc:
+        CameraSource(7, capture_factory=lambda i: FakeCapture(i, opened=False))
+    msg = str(exc.value)
+    assert "camera 7" in msg and "/dev/video7" in msg and "--video" in msg

@@ -1,0 +1,116 @@
+"""Tracker on the synthetic astronaut video with the tiny ONNX model."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, make_tiny_model
+from fkp.tracker.runtime import LandmarkModel, ModelError
+from fkp.tracker.sources import open_source
+from fkp.tracker.tracking import STAGES, FrameResult, Tracker
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, face_video):
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=10)
+    results, timings = [], []
+    for frame in open_source(face_video):
+        results.append(tracker.process(frame.image, frame.timestamp_ms, frame.index))
+        timings.append(dict(tracker.timings))
+    return tracker, results, timings
+
+
+def test_faces_tracked_with_stable_ids(run, astronaut_bgr):
+    _, results, _ = run
+    first = results[:FACE_FRAMES]
+    second = results[FACE_FRAMES + BLANK_FRAMES:]
+    assert all(len(r) == 1 for r in first) and all(len(r) == 1 for r in second)
+    assert {int(r.ids[0]) for r in first} == {0}
+    assert {int(r.ids[0]) for r in second} == {1}         # a new track after the loss
+    for r in first + second:
+        assert r.points.shape == (1, 68, 2) and r.boxes.shape == (1, 4)
+        assert r.scores[0] >= 0.5
+        x0, y0, x1, y1 = r.boxes[0]
+        # the astronaut's face sits around x 100..220, y 60..185 in every face frame
+        assert 90 < x0 < x1 < 230 and 50 < y0 < y1 < 195
+        eyes_y = r.points[0, 36:48, 1].mean()
+        assert eyes_y < r.points[0, 48:68, 1].mean()
+
+
+def test_blank_frames_give_empty_arrays(run):
+    _, results, _ = run
+    for r in results[FACE_FRAMES:FACE_FRAMES + BLANK_FRAMES]:
+        assert isinstance(r, FrameResult) and len(r) == 0
+        assert r.ids.shape == (0,) and r.points.shape == (0, 68, 2)
+        assert r.raw_points.shape == (0, 68, 2)
+        assert r.scores.shape == (0,) and r.boxes.shape == (0, 4)
+        assert r.faces == []
+
+
+def test_detection_not_every_frame(run):
+    tracker, results, timings = run
+    n = FACE_FRAMES + BLANK_FRAMES + FACE_FRAMES_2
+    detected = [i for i, r in enumerate(results) if r.detected]
+    assert tracker.stats["frames"] == n
+    assert tracker.stats["detections"] == len(detected)
+    # periodic (every 10), on loss, on every blank frame (nothing tracked), on re-appearance
+    assert detected[:3] == [0, 10, 20]
+    assert len(detected) <= 14
+    for i in (1, 2, 3, FACE_FRAMES + BLANK_FRAMES + 1):
+        assert timings[i]["detect"] == 0.0 and timings[i]["infer"] > 0
+    assert timings[0]["detect"] > 0
+    assert set(timings[0]) == set(STAGES)
+    assert all(t["total"] >= t["detect"] + t["crop"] + t["infer"] for t in timings)
+
+
+def test_one_batched_model_call_per_tracking_frame(tiny_model, astronaut_bgr):
+    from conftest import face_frame
+    # two faces side by side: both tracked with one model call per frame
+    frame = np.full((240, 480, 3), 128, np.uint8)
+    face = face_frame(astronaut_bgr, 0)[:, 40:280]
+    frame[:, :240], frame[:, 240:] = face, face
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=0)
+    r = tracker.process(frame)
+    assert len(r) == 2 and sorted(r.ids.tolist()) == [0, 1]
+    calls = tracker.stats["model_calls"]
+    assert calls == 2                        # detection frame: two passes, batched
+    for _ in range(3):
+        r = tracker.process(frame)
+    assert tracker.stats["model_calls"] == calls + 3 and len(r) == 2
+    assert tracker.stats["detections"] == 1
+    tracker = Tracker(tiny_model, device="cpu", threads=1, max_faces=1)
+    assert len(tracker.process(frame)) == 1
+
+
+def test_request_detection_reset_and_smoothing_off(tiny_model, astronaut_bgr):
+    from conftest import face_frame
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=0, smooth=0)
+    frame = face_frame(astronaut_bgr, 0)
+    assert tracker.process(frame).detected
+    assert not tracker.process(frame).detected
+    tracker.request_detection()
+    r = tracker.process(frame)
+    assert r.detected and r.ids.tolist() == [0]          # the tracked face is not duplicated
+    np.testing.assert_array_equal(r.points, r.raw_points)
+    tracker.reset()
+    r = tracker.process(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))     # gray input works
+    assert r.detected and r.ids.tolist() == [0] and r.index == 0
+
+
+def test_shared_model_and_score_threshold_from_meta(tiny_model, tmp_path):
+    model = LandmarkModel(tiny_model, "cpu", 1)
+    assert Tracker(model).score_threshold == 0.5
+    assert Tracker(model, score_threshold=0.9).score_threshold == 0.9
+    with pytest.raises(ModelError):
+        Tracker(tmp_path / "missing.onnx", device="cpu")
+    with pytest.raises(ValueError):
+        Tracker(model).process(np.zeros((4, 4), np.float32))
+
+
+def test_no_score_output_uses_plausibility(tmp_path, astronaut_bgr):
+    from conftest import face_frame
+    path = make_tiny_model(tmp_path / "noscore.onnx", with_score=False)
+    tracker = Tracker(path, device="cpu", threads=1)
+    r = tracker.process(face_frame(astronaut_bgr, 0))
+    assert len(r) == 1 and r.scores[0] > 0.9      # the mean shape is perfectly plausible

@@ -1,0 +1,35 @@
+"""The shipped weights on a real face (skipped until weights/NAME.onnx exist)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fkp.tracker.calibrate_detector import ASTRONAUT_LANDMARK_BOX
+from fkp.tracker.detectors import iou
+from fkp.tracker.geometry import box_from_points
+from fkp.tracker.runtime import weights_dir
+from fkp.tracker.tracking import Tracker
+
+
+@pytest.mark.parametrize("name", ["fastnet", "resnet50"])
+def test_shipped_model_on_astronaut(name, astronaut_bgr):
+    if not (weights_dir() / f"{name}.onnx").is_file():
+        pytest.skip(f"weights/{name}.onnx not there yet")
+    tracker = Tracker(name, device="cpu", threads=1)
+    assert tracker.model.meta.num_points == 68
+    r = tracker.process(astronaut_bgr)
+    assert len(r) == 1, "one face expected"
+    p = r.raw_points[0]
+    x0, y0, x1, y1 = ASTRONAUT_LANDMARK_BOX
+    pad = 0.15 * (x1 - x0)
+    assert (p[:, 0] > x0 - pad).all() and (p[:, 0] < x1 + pad).all()
+    assert (p[:, 1] > y0 - pad).all() and (p[:, 1] < y1 + pad).all()
+    assert iou(box_from_points(p)[None], np.array([ASTRONAUT_LANDMARK_BOX]))[0, 0] > 0.6
+    eyes_y, mouth_y = p[36:48, 1].mean(), p[48:68, 1].mean()
+    assert p[17:27, 1].mean() < eyes_y < p[30, 1] < mouth_y < p[8, 1]   # brows, eyes, nose...
+    assert p[36:42, 0].mean() < p[30, 0] < p[42:48, 0].mean()           # eyes either side
+    assert r.scores[0] >= tracker.score_threshold
+    # tracking the same still frame keeps the face, without the detector
+    r2 = tracker.process(astronaut_bgr)
+    assert r2.ids.tolist() == r.ids.tolist() and not r2.detected
+    assert np.abs(r2.raw_points - r.raw_points).mean() < 0.02 * (x1 - x0)

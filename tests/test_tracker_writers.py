@@ -1,0 +1,93 @@
+"""CSV / JSON Lines / video writers and the drawing helpers."""
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fkp.tracker.draw import FpsMeter, draw_fps, draw_result
+from fkp.tracker.tracking import FrameResult
+from fkp.tracker.writers import CsvWriter, JsonLinesWriter, OutputError, VideoOutput
+
+
+def result(index: int, n: int) -> FrameResult:
+    rng = np.random.default_rng(index)
+    pts = rng.uniform(10, 90, (n, 68, 2))
+    return FrameResult(index, index * 40.0, ids=np.arange(n, dtype=np.int64), points=pts,
+                       raw_points=pts, scores=np.full(n, 0.9),
+                       boxes=np.c_[pts.min(1), pts.max(1)])
+
+
+def test_csv_rows_and_columns(tmp_path):
+    path = tmp_path / "out.csv"
+    with CsvWriter(path) as w:
+        w.write(result(0, 2))
+        w.write(result(1, 0))               # no face: no row
+        w.write(result(2, 1))
+    rows = list(csv.reader(path.open()))
+    header = rows[0]
+    assert header[:4] == ["frame", "timestamp_ms", "face", "score"]
+    assert header[4:8] == ["x0", "y0", "x1", "y1"] and header[-2:] == ["x67", "y67"]
+    assert len(header) == 4 + 136
+    assert [r[:3] for r in rows[1:]] == [["0", "0.000", "0"], ["0", "0.000", "1"],
+                                         ["2", "80.000", "0"]]
+    assert all(len(r) == len(header) for r in rows)
+    np.testing.assert_allclose(np.array(rows[3][4:], float).reshape(68, 2),
+                               result(2, 1).points[0], atol=0.006)
+
+
+def test_csv_is_flushed_after_every_frame(tmp_path):
+    path = tmp_path / "live.csv"
+    w = CsvWriter(path)
+    w.write(result(0, 1))
+    assert len(path.read_text().splitlines()) == 2        # readable before close
+    w.close()
+
+
+def test_jsonl(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with JsonLinesWriter(path) as w:
+        w.write(result(3, 2))
+        w.write(result(4, 0))
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert obj["frame"] == 3 and len(obj["faces"]) == 2
+    face = obj["faces"][1]
+    assert face["id"] == 1 and len(face["points"]) == 68 and len(face["box"]) == 4
+
+
+@pytest.mark.parametrize("cls", [CsvWriter, JsonLinesWriter])
+def test_unwritable_text_output(tmp_path, cls):
+    with pytest.raises(OutputError, match="does not exist"):
+        cls(tmp_path / "no" / "such" / "dir" / "out.txt")
+    with pytest.raises(OutputError, match="directory"):
+        cls(tmp_path)
+
+
+def test_video_output_and_drawing(tmp_path):
+    path = tmp_path / "out.mp4"
+    frame = np.zeros((100, 120, 3), np.uint8)
+    with VideoOutput(path, 25.0, (120, 100)) as v:
+        for i in range(5):
+            img = draw_result(frame.copy(), result(i, 2), contours=True, boxes=True)
+            assert img.any()
+            v.write(draw_fps(img, 30.0))
+        v.write(np.zeros((50, 60), np.uint8))           # other size, gray: converted
+    cap = cv2.VideoCapture(str(path))
+    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    with pytest.raises(OutputError):
+        VideoOutput(tmp_path / "missing" / "x.mp4", 25.0, (120, 100))
+
+
+def test_draw_empty_and_fps_meter():
+    img = np.zeros((50, 50, 3), np.uint8)
+    draw_result(img, FrameResult(0, 0.0))
+    assert not img.any()
+    m = FpsMeter()
+    for i in range(10):
+        fps = m.tick(i * 0.02)
+    assert fps == pytest.approx(50.0)

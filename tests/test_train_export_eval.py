@@ -1,0 +1,141 @@
+"""End to end on tiny synthetic data: fkp-train -> fkp-export (parity) -> fkp-eval -> tracker."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from datasets import write_folder
+from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
+from fkp.tracker.metadata import METADATA_KEY, ModelMeta
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-2000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data, _ = write_folder(tmp / "data", n=12, people=6)
+    out = tmp / "run"
+    run("fkp.train.cli", "--arch", "fastnet", "--data", str(data), "--input-size", "64",
+        "--epochs", "1", "--batch", "4", "--max-steps", "2", "--val-fraction", "0.34",
+        "--out", str(out))
+    return tmp, data, out
+
+
+def test_train_writes_checkpoints_figures_and_metrics(trained):
+    _, _, out = trained
+    for name in ("last.pt", "best.pt", "final.pt", "metrics.json", "loss_curves.png",
+                 "predictions_best.png", "predictions_worst.png", "filters_conv1.png",
+                 "filters_conv2.png", "loader_samples.png"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs"] == 1 and "nme/data" in m["history"][0]
+
+
+def test_resume_continues_from_last_epoch(trained):
+    tmp, data, out = trained
+    p = run("fkp.train.cli", "--arch", "fastnet", "--data", str(data), "--input-size", "64",
+            "--epochs", "2", "--batch", "4", "--max-steps", "2", "--val-fraction", "0.34",
+            "--out", str(out), "--resume")
+    m = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert "resumed" in p.stderr
+
+
+def test_export_parity_metadata_and_tracker_runtime(trained):
+    tmp, data, out = trained
+    onnx_path = tmp / "m.onnx"
+    p = run("fkp.export.onnx_export", str(out / "final.pt"), str(onnx_path))
+    diff = float(p.stdout.split("=")[1].split()[0])
+    assert diff <= 1e-3
+    assert (tmp / "m.md").read_text().count("nme/data") == 1
+    from fkp.tracker.runtime import LandmarkModel
+
+    model = LandmarkModel(onnx_path, "cpu")
+    assert model.provider == "CPUExecutionProvider"
+    assert model.meta.arch == "fastnet" and model.meta.input_size == 64 and model.meta.has_score
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert model.meta.training["epochs"] == epochs and "nme/data" in model.meta.metrics
+    pts, scores = model.predict(np.zeros((120, 160), np.uint8),
+                                np.array([[10, 10, 60, 70], [50, 40, 150, 110.0]]))
+    assert pts.shape == (2, 68, 2) and scores.shape == (2,)
+    # dynamic batch: an empty batch and one face both work
+    assert model.predict(np.zeros((50, 50), np.uint8), np.zeros((0, 4)))[0].shape == (0, 68, 2)
+
+
+def test_export_rejects_a_foreign_checkpoint(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    p = run("fkp.export.onnx_export", str(bad), str(tmp_path / "x.onnx"), check=False)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert p.stderr.strip().count("\n") == 0 and "not a readable checkpoint" in p.stderr
+
+
+def test_train_bad_dataset_is_one_line(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=4)
+    (data / "images" / "Person_1_01.jpg").write_bytes(b"garbage")
+    p = run("fkp.train.cli", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
+            check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "Person_1_01.jpg: missing or unreadable image" in p.stderr
+
+
+def constant_model(path, shape_norm, size=32):
+    """An ONNX model whose points are always ``shape_norm`` (68, 2): a known answer."""
+    const = helper.make_tensor("c", TensorProto.FLOAT, [1, 68, 2],
+                               shape_norm.astype(np.float32).ravel().tolist())
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),  # (B,)
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Unsqueeze", ["z", "ax"], ["z3"]),
+             helper.make_node("Add", ["c", "z3"], ["points"])]
+    graph = helper.make_graph(
+        nodes, "const", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                       ["B", 1, size, size])],
+        [helper.make_tensor_value_info("points", TensorProto.FLOAT, ["B", 68, 2])],
+        initializer=[const, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                     helper.make_tensor("ax", TensorProto.INT64, [2], [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMeta(arch="const", input_size=size, crop_margin=0.25)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    onnx.save(model, str(path))
+
+
+def test_eval_known_answer(tmp_path):
+    data, shapes = write_folder(tmp_path / "d", n=4, people=2)
+    # the model always answers the first face's crop coordinates
+    first = shapes[0]
+    norm = apply_affine(first, crop_matrix(box_from_points(first), 32, 0.25)) / 32
+    constant_model(tmp_path / "c.onnx", norm)
+    # every face is a scaled+shifted copy of the first (exact answer), but face 3's nose tip
+    # (an interior point: the crop box is unchanged) is moved 6 px right
+    csv = data / "landmarks.csv"
+    lines = csv.read_text().splitlines()
+    truth = []
+    for i in range(4):
+        pts = first * (1 + 0.1 * i) + [3 * i, -2 * i]
+        if i == 3:
+            pts[30, 0] += 6.0
+        truth.append(pts)
+        name = lines[i + 1].split(",")[0]
+        lines[i + 1] = name + "," + ",".join(f"{v:.6f}" for v in pts.ravel())
+    csv.write_text("\n".join(lines) + "\n")
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "c.onnx"),
+            "--ced", str(tmp_path / "ced.png"))
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    iod = np.linalg.norm(truth[3][36] - truth[3][45])
+    assert res["n"] == 4
+    assert res["nme"] == pytest.approx(100 * 6.0 / 68 / iod / 4, abs=1e-3)
+    assert res["mae"] == pytest.approx(6.0 / (68 * 2) / 4, abs=1e-4)
+    assert res["failure_rate"] == 0.0
+    assert (tmp_path / "ced.png").stat().st_size > 1000

@@ -1,0 +1,1 @@
+"""fkp-track runtime: numpy, OpenCV and onnxruntime only (never torch)."""

@@ -1,0 +1,271 @@
+"""``fkp-bench``: time the fkp-track pipeline headless, optionally against the classic dlib loop.
+
+The pipeline per frame: ``decode`` (read the next video frame), then :class:`Tracker.process`
+(``detect``, ``crop``, ``infer``, ``post``; gray conversion and bookkeeping are in its total
+only) and ``draw`` (points and labels drawn into the frame, as the live window would).
+Reported are mean milliseconds per frame and stage over the timed frames (the first
+``--warmup`` frames are processed but not timed) and the end-to-end rate
+``fps = timed frames / sum of their wall time`` (decode to draw). The detector runs only on
+some frames, so ``detect`` is its cost averaged over all frames.
+
+``--vs dlib`` runs :mod:`fkp.tracker.dlib_loop` (HOG detector + 68-point shape predictor
+every frame) on the same frames of the same video, re-decoded, with the same drawing, and
+reports ``speedup_vs_dlib = fps / dlib fps``. ``--csv`` / ``--dlib-csv`` write both loops'
+points in the ``fkp-track --csv`` layout, for ``fkp-testvideo score``.
+
+The last stdout line is one JSON object: ``fps``, ``stages_ms``, ``provider``, ``model``,
+``arch``, ``video``, ``frames`` (timed), ``faces_per_frame``, ``detector``, ``threads``, and
+with ``--vs dlib`` also ``dlib`` (``{"fps", "stages_ms", "faces_per_frame", "upsample",
+"version"}``, or ``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
+Exit status: 0 ok, 1 error (one ``fkp-bench: error:`` line on stderr), 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+PROG = "fkp-bench"
+FKP_STAGES = ("decode", "detect", "crop", "infer", "post", "draw", "total")
+DLIB_STAGES = ("decode", "detect", "infer", "draw", "total")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog=PROG, description="Time the fkp-track pipeline headless (decode, detect, "
+                 "crop, infer, post, draw), optionally against the classic dlib loop.",
+                 epilog="examples:\n  fkp-bench --video one.mp4\n"
+                        "  fkp-bench --video one.mp4 --model resnet50 --device cuda\n"
+                        "  fkp-bench --video one.mp4 --vs dlib --csv fkp.csv --dlib-csv dlib.csv"
+                        "\n  fkp-testvideo score one.truth.csv dlib.csv",
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video", required=True, metavar="PATH", help="video file to process")
+    ap.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
+                    help="shipped model name or .onnx path (default: auto)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
+    ap.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
+                    help="face detector for (re)starting tracks (default: haar)")
+    ap.add_argument("--redetect-every", type=int, default=10, metavar="N",
+                    help="detector period while tracking, as in fkp-track (default: 10)")
+    ap.add_argument("--frames", type=int, default=300, metavar="N",
+                    help="frames to process, 0 = whole video (default: 300)")
+    ap.add_argument("--warmup", type=int, default=5, metavar="N",
+                    help="first frames processed but not timed (default: 5)")
+    ap.add_argument("--vs", choices=("dlib",), help="also run this baseline on the same frames")
+    ap.add_argument("--dlib-upsample", type=int, default=1, metavar="N",
+                    help="HOG upsampling of the dlib loop (default: 1, dlib's usual)")
+    ap.add_argument("--csv", metavar="FILE", help="write fkp-track's points (fkp-track --csv "
+                    "layout)")
+    ap.add_argument("--dlib-csv", metavar="FILE",
+                    help="write the dlib loop's points (implies --vs dlib)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log details")
+    return ap
+
+
+@dataclass
+class LoopStats:
+    """Per-frame stage times (ms) of one loop; ``faces`` counts faces per frame."""
+
+    stages: tuple[str, ...]
+    times: dict[str, list[float]] = field(default_factory=dict)
+    faces: list[int] = field(default_factory=list)
+
+    def add(self, ms: dict[str, float], n_faces: int) -> None:
+        for k in self.stages:
+            self.times.setdefault(k, []).append(float(ms.get(k, 0.0)))
+        self.faces.append(n_faces)
+
+    def summary(self, warmup: int) -> dict:
+        """Means over frames after ``warmup`` (all frames when there are no more)."""
+        n = len(self.faces)
+        start = warmup if n > warmup else 0
+        mean = {k: round(float(np.mean(v[start:])), 3) for k, v in self.times.items()}
+        total = float(np.sum(self.times["total"][start:]))
+        return {"fps": round((n - start) / max(total / 1000.0, 1e-9), 2),
+                "stages_ms": mean, "frames": n - start,
+                "faces_per_frame": round(float(np.mean(self.faces[start:])), 3)}
+
+
+def _frames(path: str, limit: int) -> Iterator[tuple[object, float]]:
+    """(Frame, decode ms) for the first ``limit`` frames (0 = all) of a video."""
+    from .sources import open_source
+
+    source = open_source(path, "video")
+    it = iter(source)
+    try:
+        n = 0
+        while not limit or n < limit:
+            t0 = time.perf_counter()
+            frame = next(it, None)
+            ms = (time.perf_counter() - t0) * 1000.0
+            if frame is None:
+                return
+            n += 1
+            yield frame, ms
+    finally:
+        source.close()
+
+
+def _progress(it, total: int, desc: str):
+    from tqdm import tqdm
+    return tqdm(it, total=total or None, desc=desc, unit="f", disable=None, leave=False)
+
+
+def run_fkp(args, tracker, on_result: Callable | None = None) -> LoopStats:
+    """The fkp-track pipeline (a :class:`~fkp.tracker.tracking.Tracker`) over the video."""
+    from .draw import draw_result
+
+    indices = tracker.model.meta.indices
+    stats = LoopStats(FKP_STAGES)
+    for frame, decode_ms in _progress(_frames(args.video, args.frames), args.frames, "fkp"):
+        t0 = time.perf_counter()
+        res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
+        t1 = time.perf_counter()
+        draw_result(frame.image, res, indices=indices)
+        draw_ms = (time.perf_counter() - t1) * 1000.0
+        ms = dict(tracker.timings, decode=decode_ms, draw=draw_ms)
+        ms["total"] = decode_ms + (t1 - t0) * 1000.0 + draw_ms
+        stats.add(ms, len(res))
+        if on_result is not None:
+            on_result(res)
+    return stats
+
+
+def run_dlib(args, on_result: Callable | None = None) -> tuple[LoopStats, object]:
+    """The dlib loop over the same frames; raises DlibUnavailable when not installed."""
+    import cv2
+
+    from .dlib_loop import DlibLoop
+    from .draw import draw_result
+    from .geometry import box_from_points
+    from .tracking import FrameResult
+
+    loop = DlibLoop(args.dlib_upsample)
+    stats = LoopStats(DLIB_STAGES)
+    for frame, decode_ms in _progress(_frames(args.video, args.frames), args.frames, "dlib"):
+        t0 = time.perf_counter()
+        gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        pts, scores, ms = loop.process(gray)
+        t1 = time.perf_counter()
+        res = FrameResult(frame.index, frame.timestamp_ms, ids=np.arange(len(pts)),
+                          points=pts, raw_points=pts, scores=scores,
+                          boxes=box_from_points(pts) if len(pts) else np.zeros((0, 4)))
+        draw_result(frame.image, res)
+        draw_ms = (time.perf_counter() - t1) * 1000.0
+        ms.update(decode=decode_ms, draw=draw_ms,
+                  total=decode_ms + (t1 - t0) * 1000.0 + draw_ms)
+        stats.add(ms, len(pts))
+        if on_result is not None:
+            on_result(res)
+    return stats, loop
+
+
+def _stage_line(name: str, summary: dict) -> str:
+    st = summary["stages_ms"]
+    parts = "  ".join(f"{k} {v:.2f}" for k, v in st.items() if k != "total")
+    return (f"{name}: {summary['fps']:.1f} fps ({st['total']:.2f} ms/frame over "
+            f"{summary['frames']} frames, {summary['faces_per_frame']:.2f} faces/frame); "
+            f"ms: {parts}")
+
+
+def bench(args) -> dict:
+    """Run the requested loops, print the human lines, return the JSON dict."""
+    from .tracking import Tracker
+    from .writers import CsvWriter, check_writable
+
+    for p in (args.csv, args.dlib_csv):
+        if p:
+            check_writable(p)
+    tracker = Tracker(args.model, args.device, args.detector,
+                      redetect_every=args.redetect_every, threads=args.threads)
+    writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
+    try:
+        stats = run_fkp(args, tracker, writer.write if writer else None)
+    finally:
+        if writer:
+            writer.close()
+    if not stats.faces:
+        raise ValueError(f"{args.video}: no frames")
+    s = stats.summary(args.warmup)
+    model = tracker.model
+    print(f"fkp-track: {model.path.name} ({model.meta.arch}) on {tracker.provider}, "
+          f"detector {type(tracker.detector).__name__}")
+    print(_stage_line("fkp-track", s))
+    out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
+           "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
+           "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
+           "detector": type(tracker.detector).__name__, "threads": args.threads}
+    if args.vs == "dlib" or args.dlib_csv:
+        from .dlib_loop import DlibUnavailable
+
+        writer = CsvWriter(args.dlib_csv) if args.dlib_csv else None
+        try:
+            d_stats, loop = run_dlib(args, writer.write if writer else None)
+            d = d_stats.summary(args.warmup)
+            print(_stage_line(f"dlib {loop.version} (HOG upsample {loop.upsample} + "
+                              "shape_predictor_68)", d))
+            ratio = round(s["fps"] / max(d["fps"], 1e-9), 2)
+            print(f"fkp-track / dlib: {ratio:.2f}x the frame rate")
+            out["dlib"] = dict(d, upsample=loop.upsample, version=loop.version)
+            out["speedup_vs_dlib"] = ratio
+        except DlibUnavailable as exc:
+            print(f"dlib baseline skipped: {exc}")
+            out["dlib"] = {"error": str(exc)}
+            out["speedup_vs_dlib"] = None
+        finally:
+            if writer:
+                writer.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format=f"{PROG}: %(levelname)s: %(message)s")
+    if args.frames < 0 or args.warmup < 0 or args.redetect_every < 0 or \
+            args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1):
+        print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample must be "
+              ">= 0 and --threads >= 1", file=sys.stderr)
+        return 2
+    from .detectors import DetectorError
+    from .metadata import MetadataError
+    from .runtime import ModelError
+    from .sources import SourceError
+    from .writers import OutputError
+
+    try:
+        result = bench(args)
+    except (SourceError, ModelError, MetadataError, DetectorError, OutputError,
+            ValueError, OSError) as exc:
+        print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user; -v shows it
+        log.debug("unexpected error", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"{PROG}: error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

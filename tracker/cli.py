@@ -1,0 +1,253 @@
+"""``fkp-track``: track 68 facial keypoints live from a camera, a video or images.
+
+Exit status: 0 done, 1 error (one ``fkp-track: error: ...`` line on stderr), 2 bad usage,
+3 the video ended early (truncated file; the frames read were processed and written),
+130 interrupted (Ctrl-C; every finished frame is in the CSV / JSON files).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+EXAMPLES = """\
+examples:
+  fkp-track                                 # webcam 0, live window (q or Esc quits)
+  fkp-track --video talk.mp4 --no-display --csv talk.csv --out talk_tracked.mp4
+  fkp-track --images 'frames/*.png' --no-display --json points.jsonl
+  fkp-track --camera 1 --model resnet50 --device cuda --contours
+
+exit status: 0 ok, 1 error, 2 bad usage, 3 video ended early (truncated), 130 interrupted
+"""
+WINDOW = "fkp-track"
+log = logging.getLogger("fkp.tracker")
+
+
+class DisplayError(RuntimeError):
+    """No window can be opened."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_argument_group("source (one of; default: --camera 0)")
+    src.add_argument("source", nargs="?", help="camera index, video file, image folder or glob")
+    src.add_argument("--camera", type=int, metavar="N", help="camera index")
+    src.add_argument("--video", metavar="PATH", help="video file")
+    src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
+    m = ap.add_argument_group("model and tracking")
+    m.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
+                   help="shipped model name (fastnet, resnet50) or .onnx path; auto = fastnet "
+                        "on CPU, resnet50 on GPU (default: auto)")
+    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    m.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
+    m.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
+                   help="face detector for (re)starting tracks (default: haar)")
+    m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
+                   help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
+    m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
+    m.add_argument("--redetect-every", type=int, default=10, metavar="N",
+                   help="run the detector every N frames to catch new faces; 0: only when a "
+                        "face is lost (default: 10)")
+    m.add_argument("--max-faces", type=int, default=4, metavar="N", help="(default: 4)")
+    o = ap.add_argument_group("output")
+    o.add_argument("--no-display", action="store_true", help="no live window (headless)")
+    o.add_argument("--contours", action="store_true", help="draw face contours")
+    o.add_argument("--out", metavar="VIDEO", help="write an annotated video (.mp4 or .avi)")
+    o.add_argument("--csv", metavar="FILE", help="write points as CSV ('-' = stdout)")
+    o.add_argument("--json", metavar="FILE", help="write points as JSON Lines ('-' = stdout)")
+    o.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames")
+    o.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
+    return ap
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        msg = f"fkp-track: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            msg += "\n" + self.formatException(record.exc_info)
+        return msg
+
+
+def setup_logging(verbose: int):
+    """Log records of ``fkp.*`` as ``fkp-track: level: message`` lines on stderr; silence
+    OpenCV's and FFmpeg's own chatter unless -vv. Returns a function that undoes it."""
+    import cv2
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("fkp")
+    saved = (root.handlers[:], root.propagate, root.level, cv2.utils.logging.getLogLevel())
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    if verbose < 2:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    def restore() -> None:
+        root.handlers[:], root.propagate, root.level = saved[:3]
+        cv2.utils.logging.setLogLevel(saved[3])
+    return restore
+
+
+def probe_display() -> None:
+    """Open the window now, so a headless machine fails before any processing."""
+    import cv2
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        raise DisplayError("no display to open a window on ($DISPLAY is not set); "
+                           "use --no-display")
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_AUTOSIZE)
+    except cv2.error as exc:
+        why = str(exc).strip().splitlines()[-1][:120]
+        raise DisplayError(f"cv2.imshow cannot open a window ({why}); use --no-display") from None
+
+
+def _source_spec(args, ap: argparse.ArgumentParser) -> tuple[object, str | None]:
+    given = [(args.camera, "camera"), (args.video, "video"), (args.images, "images"),
+             (args.source, None)]
+    given = [(v, k) for v, k in given if v is not None]
+    if len(given) > 1:
+        ap.error("give one source: a positional source, --camera, --video or --images")
+    return given[0] if given else (0, "camera")
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args, ap: argparse.ArgumentParser) -> int:
+    import cv2
+
+    from .draw import FpsMeter, draw_fps, draw_result
+    from .sources import open_source
+    from .tracking import STAGES, Tracker
+    from .writers import CsvWriter, JsonLinesWriter, VideoOutput, check_writable
+
+    spec, kind = _source_spec(args, ap)
+    if args.smooth < 0 or args.redetect_every < 0 or args.max_faces < 1 or args.max_frames < 0:
+        ap.error("--smooth, --redetect-every, --max-frames must be >= 0 and --max-faces >= 1")
+    for path in (args.out, args.csv, args.json):
+        if path:
+            check_writable(path)
+    display = not args.no_display
+    if display:
+        probe_display()
+    # files first (cheap checks), the model next, a camera last (slow to open)
+    source = open_source(spec, kind) if kind != "camera" else None
+    try:
+        tracker = Tracker(args.model, args.device, args.detector,
+                          smooth=0.0 if args.no_smooth else args.smooth,
+                          redetect_every=args.redetect_every, max_faces=args.max_faces,
+                          threads=args.threads)
+        if source is None:
+            source = open_source(spec, kind)
+    except BaseException:
+        if source is not None:
+            source.close()
+        raise
+    info = sys.stderr if "-" in (args.csv, args.json) else sys.stdout
+    writers: list = []
+    video = None
+    n = with_faces = 0
+    sums = dict.fromkeys(STAGES, 0.0)
+    t_start = time.perf_counter()
+    status = 0
+    try:
+        print(f"fkp-track: {tracker.model.path.name} ({tracker.model.meta.arch}) on "
+              f"{tracker.provider}; source {source.name} {source.size[0]}x{source.size[1]} "
+              f"@ {source.fps:.3g} fps", file=info, flush=True)
+        indices = tracker.model.meta.indices
+        if args.csv:
+            writers.append(CsvWriter(args.csv, indices))
+        if args.json:
+            writers.append(JsonLinesWriter(args.json))
+        if args.out:
+            video = VideoOutput(args.out, source.fps, source.size)
+        fps = FpsMeter()
+        for frame in source:
+            res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
+            for w in writers:
+                w.write(res)
+            n += 1
+            with_faces += bool(len(res))
+            for k in STAGES:
+                sums[k] += tracker.timings[k]
+            if display or video is not None:
+                vis = draw_result(frame.image, res, contours=args.contours, indices=indices)
+                if video is not None:
+                    video.write(vis)
+                if display:
+                    cv2.imshow(WINDOW, draw_fps(vis, fps.tick(time.perf_counter())))
+                    if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
+                        break
+            if args.max_frames and n >= args.max_frames:
+                break
+        if getattr(source, "truncated", False):
+            status = 3
+    except KeyboardInterrupt:
+        print(f"fkp-track: interrupted after {n} frames", file=sys.stderr)
+        status = 130
+    finally:
+        source.close()
+        for w in writers:
+            w.close()
+        if video is not None:
+            video.close()
+        if display:
+            cv2.destroyAllWindows()
+    wall = time.perf_counter() - t_start
+    if status != 130:
+        print(f"fkp-track: {n} frames ({with_faces} with faces) in {wall:.1f} s, "
+              f"{n / max(wall, 1e-9):.1f} fps; {tracker.model.path.name} on {tracker.provider}",
+              file=info)
+    if n:
+        log.info("mean ms per frame: " + ", ".join(f"{k} {sums[k] / n:.2f}" for k in STAGES)
+                 + f"; detector ran on {tracker.stats['detections']} frames")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    from .detectors import DetectorError
+    from .metadata import MetadataError
+    from .runtime import ModelError
+    from .sources import SourceError
+    from .writers import OutputError
+
+    known = (SourceError, ModelError, MetadataError, DetectorError, OutputError, DisplayError)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.getsignal(signal.SIGTERM)
+    restore_logging = setup_logging(args.verbose)
+    try:
+        if main_thread:     # SIGTERM ends a run like Ctrl-C: files closed, rows kept
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        return run(args, ap)
+    except known as exc:
+        print(f"fkp-track: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("fkp-track: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback for the user; -vv shows it
+        log.debug("unexpected error", exc_info=True)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        print(f"fkp-track: error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
+        return 1
+    finally:
+        restore_logging()
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""``fkp-eval``: accuracy of an ONNX model on a labelled folder, through the tracker's runtime.
+
+Each face is cropped from the box of its TRUE points (``geometry.box_from_points``, the
+model's own crop margin, no rotation) — the crop the tracker makes from the previous frame's
+points — and predicted with :class:`fkp.tracker.runtime.LandmarkModel`, the tracker's code.
+
+Metrics: ``nme`` mean point error in percent of the outer-eye-corner distance (points 36
+and 45), ``mae`` mean absolute error in pixels of the original image over x and y (the origin
+report's metric), ``failure_rate`` percent of faces with NME > 10. The last stdout line is
+one JSON object ``{"n", "nme", "mae", "failure_rate", "model"}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .data import DatasetError, load_image, read_dataset
+from .geometry import box_from_points
+from .landmarks import nme as nme_fn
+from .runtime import LandmarkModel, ModelError
+
+log = logging.getLogger("fkp.eval")
+
+
+def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
+             limit: int = 0) -> dict:
+    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD)."""
+    bad: list[str] | None = [] if skip_bad else None
+    samples = read_dataset(data, bad)
+    if limit:
+        samples = samples[:limit]
+    preds, truths, skipped = [], [], len(bad or [])
+    for s in tqdm(samples, desc="eval", leave=False, disable=len(samples) < 50):
+        try:
+            gray = load_image(s, color=False)
+        except DatasetError:
+            if not skip_bad:
+                raise
+            skipped += 1
+            continue
+        pts, _ = model.predict(gray, box_from_points(s.points)[None])
+        preds.append(pts[0])
+        truths.append(s.points)
+    if not preds:
+        raise DatasetError(f"{data}: no usable faces")
+    pred, truth = np.stack(preds), np.stack(truths).astype(np.float64)
+    idx = model.meta.indices
+    t = truth[:, idx]
+    if len(idx) == truth.shape[1]:
+        errors = nme_fn(pred, truth)
+    else:
+        from .landmarks import interocular
+        errors = 100 * np.linalg.norm(pred - t, axis=-1).mean(-1) / interocular(truth)
+    return {"n": int(len(pred)), "nme": float(errors.mean()),
+            "mae": float(np.abs(pred - t).mean()),
+            "failure_rate": float(100 * (errors > 10).mean()), "skipped": skipped,
+            "errors": errors}
+
+
+def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) -> None:
+    """Cumulative error distribution (fraction of faces with NME <= x)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.sort(errors)
+    y = np.arange(1, len(x) + 1) / len(x)
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    ax.step(x, y, where="post", label=label)
+    ax.set_xlim(0, limit), ax.set_ylim(0, 1)
+    ax.set_xlabel("NME (% of outer-eye-corner distance)"), ax.set_ylabel("fraction of faces")
+    ax.grid(alpha=0.3), ax.legend(loc="lower right")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fkp-eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")
+    p.add_argument("--model", default="fastnet", help="shipped model name or .onnx path")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
+    p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        model = LandmarkModel(args.model, args.device)
+        res = evaluate(model, args.data, args.skip_bad, args.limit)
+        if args.ced:
+            ced_plot(res["errors"], args.ced, model.path.stem)
+    except (ModelError, DatasetError, OSError) as exc:
+        print(f"fkp-eval: error: {exc}", file=sys.stderr)
+        return 2
+    if res["skipped"]:
+        print(f"skipped {res['skipped']} bad rows/images")
+    print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE {res['mae']:.2f} px  "
+          f"failures {res['failure_rate']:.1f} %  (n={res['n']}, provider {model.provider})")
+    out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
+           if k in ("n", "nme", "mae", "failure_rate")}
+    print(json.dumps({**out, "model": model.path.name}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The one crop function of fkp-track and the affine helpers around it.
+
+Coordinate systems
+------------------
+* frame: pixel coordinates of the full image, x to the right, y down; a pixel centre
+  sits at integer coordinates (OpenCV's convention for ``warpAffine``).
+* crop: pixel coordinates of the ``size`` x ``size`` network input, same convention.
+* normalised crop: crop coordinates divided by ``size`` (what the networks predict).
+
+A face box is ``(x0, y0, x1, y1)`` in frame pixels. Training builds boxes from the true
+points (:func:`box_from_points`), the tracker from the previous frame's points or from a
+detector, so one crop definition serves all three.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_MARGIN = 0.25
+
+
+def box_from_points(points: np.ndarray) -> np.ndarray:
+    """Tight box around landmarks. (..., K, 2) -> (..., 4) as x0, y0, x1, y1."""
+    lo = points.min(axis=-2)
+    hi = points.max(axis=-2)
+    return np.concatenate([lo, hi], axis=-1)
+
+
+def crop_matrix(box: np.ndarray, size: int, margin: float = DEFAULT_MARGIN,
+                angle_deg: float = 0.0, flip: bool = False) -> np.ndarray:
+    """Affine (2, 3) matrix mapping frame pixels to crop pixels.
+
+    The crop is the square of side ``max(w, h) * (1 + 2 * margin)`` centred on the box,
+    rotated by ``angle_deg`` (counter-clockwise in the image, i.e. the crop is turned so
+    that a face rolled by ``angle_deg`` comes out upright) and optionally mirrored.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    side = max(x1 - x0, y1 - y0, 1.0) * (1.0 + 2.0 * margin)
+    s = size / side
+    a = np.deg2rad(angle_deg)
+    c, si = np.cos(a) * s, np.sin(a) * s
+    # rotate about the box centre, scale, then move the centre to the crop centre
+    lin = np.array([[c, si], [-si, c]], dtype=np.float64)
+    if flip:
+        lin[0] *= -1.0
+    centre = (size - 1) / 2.0
+    t = np.array([centre, centre]) - lin @ np.array([cx, cy])
+    return np.hstack([lin, t[:, None]])
+
+
+def invert_affine(m: np.ndarray) -> np.ndarray:
+    """Inverse of a (2, 3) affine matrix (or a batch (N, 2, 3))."""
+    m = np.asarray(m, dtype=np.float64)
+    lin = m[..., :2]
+    inv = np.linalg.inv(lin)
+    t = -(inv @ m[..., 2:])
+    return np.concatenate([inv, t], axis=-1)
+
+
+def apply_affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Map points through an affine. points (..., K, 2), m (..., 2, 3) -> (..., K, 2)."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ np.swapaxes(m[..., :2], -1, -2) + m[..., None, :, 2]
+
+
+def crop(image: np.ndarray, box: np.ndarray, size: int, margin: float = DEFAULT_MARGIN,
+         angle_deg: float = 0.0, flip: bool = False,
+         border: int = cv2.BORDER_REPLICATE) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the square face crop. image (H, W[, C]) -> (crop (size, size[, C]), matrix (2, 3)).
+
+    Pixels past the frame edge are padded (edge replicated by default). Map crop points
+    back with ``apply_affine(p, invert_affine(matrix))``.
+    """
+    m = crop_matrix(box, size, margin, angle_deg, flip)
+    out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
+    return out, m
+
+
+def roll_angle(points: np.ndarray) -> float:
+    """Head roll in degrees from the eye centres of a (68, 2) shape (0 = level eyes)."""
+    left = points[36:42].mean(axis=0)
+    right = points[42:48].mean(axis=0)
+    d = right - left
+    return float(np.degrees(np.arctan2(d[1], d[0])))

@@ -1,0 +1,177 @@
+"""onnxruntime inference for fkp-track models: load, pick providers, crop, predict.
+
+The model file configures everything (see :mod:`fkp.tracker.metadata`). Points come back in
+frame pixels through the inverse of the crop matrix; ``score`` is the model's own face
+confidence when it has one, else a landmark-plausibility score (similarity-aligned distance
+to the mean shape stored in the metadata).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .geometry import apply_affine, crop_matrix, invert_affine
+from .landmarks import shape_plausibility
+from .metadata import METADATA_KEY, MetadataError, ModelMeta
+
+log = logging.getLogger(__name__)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found, loaded or run; the message is one line for the user."""
+
+
+def weights_dir() -> Path:
+    from fkp.weights import WEIGHTS_DIR
+    return WEIGHTS_DIR
+
+
+def available_models() -> list[str]:
+    """Names of the shipped models (``weights/NAME.onnx``)."""
+    return sorted(p.stem for p in weights_dir().glob("*.onnx"))
+
+
+def resolve_model(name_or_path: str | os.PathLike | None, device: str = "cpu") -> Path:
+    """A path to an ``.onnx`` file from a path, a shipped name, or None/"auto".
+
+    "auto" means the fast net on CPU and ``resnet50`` on a GPU.
+    """
+    if name_or_path in (None, "", "auto"):
+        name_or_path = "resnet50" if device == "cuda" else "fastnet"
+    p = Path(name_or_path)
+    if p.suffix == ".onnx" or p.exists():
+        if not p.is_file():
+            raise ModelError(f"model file {p} does not exist")
+        return p
+    shipped = weights_dir() / f"{name_or_path}.onnx"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(available_models()) or "none"
+    raise ModelError(f"no model named {str(name_or_path)!r} (shipped: {names}; or give a path "
+                     "to an .onnx file)")
+
+
+def select_providers(device: str) -> list[str]:
+    """onnxruntime providers to ask for. Raises ModelError for --device cuda without a GPU build."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise ModelError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
+    avail = ort.get_available_providers()
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail]
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda" and not gpu:
+        raise ModelError("--device cuda: this onnxruntime has no CUDA provider "
+                         "(pip install onnxruntime-gpu, and check the NVIDIA driver)")
+    return gpu + ["CPUExecutionProvider"]
+
+
+def read_meta(session) -> ModelMeta:
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise MetadataError("no fkp metadata in the model (was it exported with fkp-export?)")
+    return ModelMeta.from_json(raw)
+
+
+class LandmarkModel:
+    """One ONNX landmark model on one device.
+
+    ``provider`` is the execution provider that really runs (checked after loading, since
+    onnxruntime-gpu lists CUDA even where no GPU is usable).
+    """
+
+    def __init__(self, model: str | os.PathLike | None = "auto", device: str = "auto",
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        providers = select_providers(device)
+        gpu_requested = providers[0] != "CPUExecutionProvider"
+        self.path = resolve_model(model, "cuda" if gpu_requested else "cpu")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises several types for a bad file
+            raise ModelError(f"cannot load {self.path}: {str(exc).splitlines()[0][:200]}") \
+                from None
+        self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider == "CPUExecutionProvider":
+            raise ModelError("--device cuda: CUDA could not be initialised (no usable GPU); "
+                             "use --device cpu")
+        if gpu_requested and self.provider == "CPUExecutionProvider" and model in (None, "", "auto"):
+            # GPU listed but unusable: fall back to the CPU default model
+            self.__init__(model, "cpu", threads)
+            return
+        try:
+            self.meta = read_meta(self.session)
+        except MetadataError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
+        self._check_io()
+        self.size = self.meta.input_size
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        shape = np.asarray(self.meta.mean_shape, np.float64)
+        self.mean_shape = shape if shape.shape == (self.meta.num_points, 2) else None
+
+    def _check_io(self) -> None:
+        ins, outs = self.session.get_inputs(), self.session.get_outputs()
+        shape = ins[0].shape if len(ins) == 1 else None
+        if shape is None or len(shape) != 4 or shape[1] != 1 or \
+                any(isinstance(d, int) and d != self.meta.input_size for d in shape[2:]):
+            raise ModelError(f"{self.path}: input {shape} does not fit the metadata "
+                             f"(want [B, 1, {self.meta.input_size}, {self.meta.input_size}])")
+        names = [o.name for o in outs]
+        if "points" not in names or (self.meta.has_score and "score" not in names):
+            raise ModelError(f"{self.path}: outputs {names} do not fit the metadata")
+
+    # ------------------------------------------------------------------ inference
+    def matrices(self, boxes: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:
+        """Crop matrices (N, 2, 3) for face boxes (N, 4) and optional roll angles (N,)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        ang = np.zeros(len(boxes)) if angles is None else np.asarray(angles, np.float64)
+        return np.stack([crop_matrix(b, self.size, self.meta.crop_margin, a)
+                         for b, a in zip(boxes, ang)]) if len(boxes) else np.zeros((0, 2, 3))
+
+    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gray crops (N, S, S) uint8 -> points (N, K, 2) in crop pixels, scores (N,)."""
+        n = len(crops)
+        if n == 0:
+            return np.zeros((0, self.meta.num_points, 2)), np.zeros(0)
+        x = crops.astype(np.float32)[:, None] * self.meta.norm_scale + self.meta.norm_offset
+        outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+        pts = outs["points"].astype(np.float64) * self.size
+        if self.meta.has_score:
+            scores = outs["score"].astype(np.float64).reshape(n)
+        else:
+            scores = self.plausibility(pts / self.size)
+        return pts, scores
+
+    def predict(self, gray: np.ndarray, boxes: np.ndarray,
+                angles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """All faces of one gray frame (H, W) in one batch.
+
+        boxes (N, 4) frame pixels -> points (N, K, 2) frame pixels, scores (N,).
+        """
+        import cv2
+
+        mats = self.matrices(boxes, angles)
+        crops = np.stack([cv2.warpAffine(gray, m, (self.size, self.size), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE) for m in mats]) \
+            if len(mats) else np.zeros((0, self.size, self.size), np.uint8)
+        pts, scores = self.predict_crops(crops)
+        if len(mats):
+            pts = apply_affine(pts, invert_affine(mats))
+        return pts, scores
+
+    def plausibility(self, pts: np.ndarray) -> np.ndarray:
+        """Shape score (N,) for points (N, K, 2) in normalised crop coordinates."""
+        if self.mean_shape is None or self.meta.num_points < 3:
+            return np.ones(len(pts))
+        return shape_plausibility(pts, self.mean_shape)

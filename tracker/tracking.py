@@ -1,0 +1,334 @@
+"""The public tracking API: detect faces once, then follow them frame to frame.
+
+>>> tracker = Tracker("fastnet")                      # doctest: +SKIP
+>>> result = tracker.process(frame_bgr)               # doctest: +SKIP
+>>> result.points                                     # (N, 68, 2) frame pixels
+
+Per frame:
+
+1. Tracking: every live track is cropped from its previous points (tight box +
+   ``crop_margin``, rotated by the eye-line roll so the face comes out upright); all tracks go
+   through the model in ONE batched call. A track whose score falls below the threshold (or
+   whose box leaves the frame or collapses) is lost; its smoothing state goes with it.
+2. Detection, only when needed: no tracks, a track was just lost, every ``redetect_every``
+   frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
+   :meth:`Tracker.request_detection`. Detector boxes are mapped to landmark boxes
+   (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
+   a two-pass refinement: model on the landmark box, then on the box of those points (one
+   batched call per pass). Faces scoring above the threshold start tracks with new ids.
+3. Post: per-track One Euro smoothing of the output points (tracking itself uses the raw
+   points, so smoothing adds no lag to the crops).
+
+``Tracker.timings`` holds the last frame's milliseconds per stage: ``detect``, ``crop``
+(crop matrices + warps), ``infer`` (onnxruntime), ``post`` (mapping back, scoring, smoothing,
+bookkeeping) and ``total``. ``Tracker.stats`` counts frames, detector runs, model calls,
+tracks started and lost since construction or :meth:`Tracker.reset`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .detectors import Detector, iou, make_detector
+from .geometry import apply_affine, box_from_points, invert_affine, roll_angle
+from .runtime import LandmarkModel
+from .smoothing import OneEuroFilter
+
+log = logging.getLogger(__name__)
+STAGES = ("detect", "crop", "infer", "post", "total")
+FALLBACK_SCORE_THRESHOLD = 0.5   # when the model metadata gives none (0)
+MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
+
+
+@dataclass(frozen=True)
+class Face:
+    """One tracked face: ``points`` (K, 2) frame px (smoothed), ``box`` (4,) x0, y0, x1, y1."""
+
+    id: int
+    score: float
+    points: np.ndarray
+    box: np.ndarray
+
+
+def _empty_points(k: int) -> np.ndarray:
+    return np.zeros((0, k, 2), np.float64)
+
+
+@dataclass
+class FrameResult:
+    """Everything found in one frame; arrays are never None (N = 0 when no face).
+
+    ``ids`` (N,) int64 track ids (stable while a face is tracked, new after a loss);
+    ``points`` (N, K, 2) float64 frame px, smoothed; ``raw_points`` the same unsmoothed;
+    ``scores`` (N,) float64; ``boxes`` (N, 4) tight box of ``points`` (x0, y0, x1, y1);
+    ``detected``: the detector ran on this frame.
+    """
+
+    index: int
+    timestamp_ms: float
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    points: np.ndarray = field(default_factory=lambda: _empty_points(68))
+    raw_points: np.ndarray = field(default_factory=lambda: _empty_points(68))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
+    detected: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def faces(self) -> list[Face]:
+        """Per-face view of the arrays."""
+        return [Face(int(i), float(s), p, b)
+                for i, s, p, b in zip(self.ids, self.scores, self.points, self.boxes)]
+
+
+@dataclass
+class _Track:
+    id: int
+    points: np.ndarray          # (K, 2) raw model points, frame px
+    score: float
+    smoother: Optional[OneEuroFilter]
+    age: int = 0
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 -> gray (H, W) uint8."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+        raise ValueError("frame must be a uint8 array (H, W) or (H, W, C)")
+    if frame.ndim == 2:
+        return frame
+    c = frame.shape[2]
+    if c == 1:
+        return frame[:, :, 0]
+    if c == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    if c == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+    raise ValueError(f"frame with {c} channels")
+
+
+class Tracker:
+    """Facial keypoint tracker over a stream of frames.
+
+    ``model``: shipped name, path to an ``.onnx``, "auto", or a :class:`LandmarkModel`.
+    ``device``: "auto" | "cpu" | "cuda". ``detector``: None/"haar", a YuNet ``.onnx`` path or
+    any :class:`~fkp.tracker.detectors.Detector`. ``smooth``: One Euro strength (0 = off).
+    ``redetect_every``: frames between detector runs while tracking (0 = only when needed).
+    ``max_faces``: most faces tracked at once. ``score_threshold``: a face below it is lost
+    (default: the model metadata's ``score_threshold``, or 0.5 if that is 0).
+    ``threads``: onnxruntime intra-op threads (None = its default).
+    """
+
+    def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
+                 detector: str | Path | Detector | None = None, smooth: float = 1.0,
+                 redetect_every: int = 10, max_faces: int = 4,
+                 score_threshold: float | None = None, threads: int | None = None,
+                 iou_threshold: float = 0.3) -> None:
+        if smooth < 0 or redetect_every < 0 or max_faces < 1:
+            raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
+        self.model = model if isinstance(model, LandmarkModel) else \
+            LandmarkModel(model, device, threads)
+        self.detector = make_detector(detector)
+        self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
+        self.iou_threshold = iou_threshold
+        meta = self.model.meta
+        if score_threshold is None:
+            score_threshold = meta.score_threshold if meta.score_threshold > 0 \
+                else FALLBACK_SCORE_THRESHOLD
+        self.score_threshold = float(score_threshold)
+        self.num_points = meta.num_points
+        idx = meta.indices
+        self._eyes = [idx.index(i) for i in range(36, 48)] if set(range(36, 48)) <= set(idx) \
+            else None
+        self.timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        self.reset()
+        log.info("tracker: model %s (%s, %d points) on %s, detector %s, score threshold %.2f",
+                 self.model.path.name, meta.arch, meta.num_points, self.model.provider,
+                 type(self.detector).__name__, self.score_threshold)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def provider(self) -> str:
+        """The onnxruntime execution provider that really runs the model."""
+        return self.model.provider
+
+    def reset(self) -> None:
+        """Drop all tracks, restart ids at 0 and the frame counter; detect on the next frame."""
+        self._tracks: list[_Track] = []
+        self._next_id = 0
+        self._frame_no = 0
+        self._since_detect = 0
+        self._detect_requested = True
+        self._t0: float | None = None
+        self.stats = {"frames": 0, "detections": 0, "model_calls": 0,
+                      "tracks_started": 0, "tracks_lost": 0}
+
+    def request_detection(self) -> None:
+        """Run the detector on the next frame (e.g. a new person stepped in)."""
+        self._detect_requested = True
+
+    def process(self, frame: np.ndarray, timestamp_ms: float | None = None,
+                index: int | None = None) -> FrameResult:
+        """Track faces in one frame (BGR (H, W, 3) or gray (H, W) uint8).
+
+        ``timestamp_ms`` drives the smoothing (default: wall clock since the first frame);
+        ``index`` is copied to the result (default: frames processed so far).
+        """
+        t_start = time.perf_counter()
+        for k in STAGES:
+            self.timings[k] = 0.0
+        gray = to_gray(frame)
+        if timestamp_ms is None:
+            if self._t0 is None:
+                self._t0 = t_start
+            timestamp_ms = (t_start - self._t0) * 1000.0
+        if index is None:
+            index = self._frame_no
+        self._frame_no += 1
+        self.stats["frames"] += 1
+        h, w = gray.shape
+
+        lost = self._track(gray, w, h)
+        self._since_detect += 1
+        due = (not self._tracks or lost or self._detect_requested
+               or (self.redetect_every and self._since_detect >= self.redetect_every))
+        detected = False
+        if due and (len(self._tracks) < self.max_faces or self._detect_requested):
+            self._detect(gray, w, h)
+            detected = True
+
+        t_post = time.perf_counter()
+        result = self._result(int(index), float(timestamp_ms), detected)
+        self.timings["post"] += (time.perf_counter() - t_post) * 1000.0
+        self.timings["total"] = (time.perf_counter() - t_start) * 1000.0
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def _rolls(self, pts: np.ndarray) -> np.ndarray:
+        """Eye-line roll (deg) per face of (N, K, 2) points; zeros without eye points."""
+        if self._eyes is None:
+            return np.zeros(len(pts))
+        full = np.zeros((68, 2))
+        out = np.empty(len(pts))
+        for i, p in enumerate(pts):
+            full[36:48] = p[self._eyes]
+            out[i] = roll_angle(full)
+        return out
+
+    def _infer(self, gray: np.ndarray, boxes: np.ndarray, angles: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """One batched model call: boxes (N, 4) + angles (N,) -> points (N, K, 2) frame px,
+        scores (N,). Same as ``LandmarkModel.predict`` with crop / infer / post timed."""
+        m, size = self.model, self.model.size
+        t0 = time.perf_counter()
+        mats = m.matrices(boxes, angles)
+        crops = np.stack([cv2.warpAffine(gray, a, (size, size), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE) for a in mats])
+        t1 = time.perf_counter()
+        pts, scores = m.predict_crops(crops)
+        t2 = time.perf_counter()
+        pts = apply_affine(pts, invert_affine(mats))
+        t3 = time.perf_counter()
+        self.timings["crop"] += (t1 - t0) * 1000.0
+        self.timings["infer"] += (t2 - t1) * 1000.0
+        self.timings["post"] += (t3 - t2) * 1000.0
+        self.stats["model_calls"] += 1
+        return pts, scores
+
+    def _alive(self, pts: np.ndarray, scores: np.ndarray, w: int, h: int) -> np.ndarray:
+        """(N,) bool: score above threshold, box big enough, box centre inside the frame."""
+        boxes = box_from_points(pts)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        return ((scores >= self.score_threshold) & (side >= MIN_BOX_SIDE)
+                & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h) & np.isfinite(pts).all(axis=(1, 2)))
+
+    def _track(self, gray: np.ndarray, w: int, h: int) -> bool:
+        """Follow live tracks; returns True when one was lost."""
+        if not self._tracks:
+            return False
+        prev = np.stack([t.points for t in self._tracks])
+        pts, scores = self._infer(gray, box_from_points(prev), self._rolls(prev))
+        alive = self._alive(pts, scores, w, h)
+        kept = []
+        for t, p, s, ok in zip(self._tracks, pts, scores, alive):
+            if ok:
+                t.points, t.score, t.age = p, float(s), t.age + 1
+                kept.append(t)
+            else:
+                log.debug("track %d lost (score %.2f)", t.id, s)
+        # two tracks converged on one face: keep the older one
+        if len(kept) > 1:
+            ov = iou(box_from_points(np.stack([t.points for t in kept])),
+                     box_from_points(np.stack([t.points for t in kept])))
+            drop = {j for i in range(len(kept)) for j in range(i + 1, len(kept))
+                    if ov[i, j] > 0.5}
+            kept = [t for j, t in enumerate(kept) if j not in drop]
+        n_lost = len(self._tracks) - len(kept)
+        self.stats["tracks_lost"] += n_lost
+        self._tracks = kept
+        return n_lost > 0
+
+    def _detect(self, gray: np.ndarray, w: int, h: int) -> None:
+        """Run the detector and start tracks on new faces (two-pass refinement)."""
+        t0 = time.perf_counter()
+        dets = self.detector.detect(gray)
+        self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+        self.stats["detections"] += 1
+        self._since_detect = 0
+        self._detect_requested = False
+        room = self.max_faces - len(self._tracks)
+        if not len(dets) or room <= 0:
+            return
+        boxes = self.detector.to_landmark_box(dets[:, :4])
+        live = box_from_points(np.stack([t.points for t in self._tracks])) if self._tracks \
+            else np.zeros((0, 4))
+        chosen: list[np.ndarray] = []
+        for b in boxes:                       # best first; skip tracked or duplicate boxes
+            others = np.vstack([live] + [c[None] for c in chosen])
+            if len(others) and iou(b[None], others).max() >= self.iou_threshold:
+                continue
+            chosen.append(b)
+            if len(chosen) == room:
+                break
+        if not chosen:
+            return
+        pts, _ = self._infer(gray, np.stack(chosen), np.zeros(len(chosen)))
+        pts, scores = self._infer(gray, box_from_points(pts), self._rolls(pts))
+        alive = self._alive(pts, scores, w, h)
+        for p, s, ok in zip(pts, scores, alive):
+            if not ok:
+                continue
+            box = box_from_points(p)[None]
+            others = [t.points for t in self._tracks]
+            if others and iou(box, box_from_points(np.stack(others))).max() > 0.5:
+                continue
+            smoother = OneEuroFilter.from_strength(self.smooth) if self.smooth > 0 else None
+            self._tracks.append(_Track(self._next_id, p, float(s), smoother))
+            self.stats["tracks_started"] += 1
+            log.debug("track %d started (score %.2f)", self._next_id, s)
+            self._next_id += 1
+
+    def _result(self, index: int, timestamp_ms: float, detected: bool) -> FrameResult:
+        k = self.num_points
+        if not self._tracks:
+            return FrameResult(index, timestamp_ms, points=_empty_points(k),
+                               raw_points=_empty_points(k), detected=detected)
+        raw = np.stack([t.points for t in self._tracks])
+        out = raw.copy()
+        for i, t in enumerate(self._tracks):
+            if t.smoother is not None:
+                b = box_from_points(t.points)
+                out[i] = t.smoother(t.points, timestamp_ms, max(b[2] - b[0], b[3] - b[1]))
+        return FrameResult(index, timestamp_ms,
+                           ids=np.array([t.id for t in self._tracks], np.int64),
+                           points=out, raw_points=raw,
+                           scores=np.array([t.score for t in self._tracks], np.float64),
+                           boxes=box_from_points(out), detected=detected)

@@ -1,0 +1,151 @@
+"""Result writers: CSV, JSON Lines and an annotated video.
+
+Every writer opens its file in the constructor, so an unwritable path fails with one
+:class:`OutputError` before any frame is processed. The text writers write each frame with a
+single ``write`` and flush it, so an interrupted run (Ctrl-C, a crash, even SIGKILL) keeps every
+finished frame and never a half row. A frame without faces writes nothing. Coordinates are
+frame pixels (x right, y down; pixel centres on integers).
+
+* :class:`CsvWriter`: header ``frame,timestamp_ms,face,score,x0,y0,...,x67,y67``, one row per
+  face per frame (``face`` is the track id).
+* :class:`JsonLinesWriter`: one JSON object per frame that has faces:
+  ``{"frame": 12, "timestamp_ms": 400.0, "faces": [{"id": 0, "score": 0.93,
+  "box": [x0, y0, x1, y1], "points": [[x0, y0], ..., [x67, y67]]}]}``.
+* :class:`VideoOutput`: frames at the source size and fps (``mp4v`` by default).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, TextIO
+
+import cv2
+import numpy as np
+
+
+class OutputError(RuntimeError):
+    """An output file cannot be written; the message is one line for the user."""
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise :class:`OutputError` unless ``path`` can be created or overwritten (creates
+    nothing). ``-`` (stdout) is always fine."""
+    p = Path(path)
+    if str(path) == "-":
+        return p
+    if p.is_dir():
+        raise OutputError(f"cannot write {p}: it is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {p}: directory {parent} does not exist")
+    if not os.access(p if p.exists() else parent, os.W_OK):
+        raise OutputError(f"cannot write {p}: permission denied")
+    return p
+
+
+def _open_text(path: str | os.PathLike) -> TextIO:
+    if str(path) == "-":
+        return sys.stdout
+    check_writable(path)
+    try:
+        return open(path, "w", newline="", encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+class _TextWriter:
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+        self._fh: TextIO | None = _open_text(path)
+
+    def _emit(self, text: str) -> None:
+        if self._fh is None:
+            raise ValueError(f"{self.path} is closed")
+        if text:
+            try:
+                self._fh.write(text)
+                self._fh.flush()
+            except OSError as exc:
+                raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        if self._fh is not None and self._fh is not sys.stdout:
+            self._fh.close()
+        self._fh = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class CsvWriter(_TextWriter):
+    """``frame,timestamp_ms,face,score,x0,y0,...`` rows; ``indices`` names the point columns
+    (default 0..67)."""
+
+    def __init__(self, path: str | os.PathLike, indices: Sequence[int] | None = None) -> None:
+        super().__init__(path)
+        self.indices = list(indices) if indices is not None else list(range(68))
+        cols = ",".join(f"x{i},y{i}" for i in self.indices)
+        self._emit(f"frame,timestamp_ms,face,score,{cols}\n")
+
+    def write(self, result) -> None:
+        """Append the rows of one :class:`~fkp.tracker.tracking.FrameResult`."""
+        if not len(result.ids):
+            return
+        buf = io.StringIO()
+        head = f"{result.index},{result.timestamp_ms:.3f}"
+        for fid, score, pts in zip(result.ids, result.scores, result.points):
+            coords = ",".join(f"{v:.2f}" for v in np.asarray(pts, np.float64).reshape(-1))
+            buf.write(f"{head},{int(fid)},{float(score):.4f},{coords}\n")
+        self._emit(buf.getvalue())
+
+
+class JsonLinesWriter(_TextWriter):
+    """One JSON object per frame with faces (see the module docstring)."""
+
+    def write(self, result) -> None:
+        if not len(result.ids):
+            return
+        faces = [{"id": int(fid), "score": round(float(s), 4),
+                  "box": [round(float(v), 2) for v in b],
+                  "points": np.round(np.asarray(p, np.float64), 2).tolist()}
+                 for fid, s, p, b in zip(result.ids, result.scores, result.points, result.boxes)]
+        obj = {"frame": int(result.index), "timestamp_ms": round(float(result.timestamp_ms), 3),
+               "faces": faces}
+        self._emit(json.dumps(obj, separators=(",", ":")) + "\n")
+
+
+class VideoOutput:
+    """``cv2.VideoWriter`` at a fixed ``size`` (width, height) and ``fps``; frames of another
+    size are resized, gray frames expanded to BGR."""
+
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int],
+                 fourcc: str = "mp4v") -> None:
+        p = check_writable(path)
+        self.path, self.size = str(p), (int(size[0]), int(size[1]))
+        self._vw = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), float(fps),
+                                   self.size)
+        if not self._vw.isOpened():
+            raise OutputError(f"cannot write video {p} with codec {fourcc} (try a .mp4 or .avi "
+                              "file name)")
+
+    def write(self, image: np.ndarray) -> None:
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        if (image.shape[1], image.shape[0]) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self._vw.write(image)
+
+    def close(self) -> None:
+        self._vw.release()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,1 @@
+"""fkp-track training: datasets, augmentation, networks and the fkp-train command."""

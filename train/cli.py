@@ -1,0 +1,130 @@
+"""``fkp-train``: train a registered network on one or more labelled datasets.
+
+Example (the shipped fast net)::
+
+    fkp-train --arch fastnet --data ../shared/data/youtube-faces-68 ../shared/data/300w-train \
+        --input-size 128 --epochs 40 --batch 32 --lr 3e-3 --out runs/fastnet
+
+Writes into ``--out``: ``last.pt`` every epoch (``--resume`` continues from it), ``best.pt``,
+``final.pt`` (best weights + score calibration, what ``fkp-export`` takes), ``metrics.json``,
+``loss_curves.png``, ``predictions_best.png`` / ``predictions_worst.png`` (truth red,
+prediction green), ``filters_conv1.png`` / ``filters_conv2.png`` and ``loader_samples.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fkp.tracker.data import DatasetError
+
+from .losses import LOSSES
+from .models import list_models
+
+log = logging.getLogger("fkp.train")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fkp-train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", default="fastnet", help=f"network: {', '.join(list_models())}")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="datasets: folder format (images/ + landmarks.csv), a folder of .pts "
+                        "files, or an iBUG .xml; several are trained together")
+    p.add_argument("--input-size", type=int, default=128, help="crop side in pixels")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3, help="(max) learning rate of Adam")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--schedule", choices=("onecycle", "constant"), default="onecycle")
+    p.add_argument("--loss", choices=LOSSES, default="l1")
+    p.add_argument("--heatmap-weight", type=float, default=1.0,
+                   help="weight of the heatmap regulariser (heatmap models only)")
+    p.add_argument("--margin", type=float, default=0.25, help="crop margin around the point box")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of people (groups) held out; the split is fixed")
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) bad rows and images instead of stopping")
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--max-steps", type=int, default=0, help="limit steps per epoch (smoke runs)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def final_outputs(trainer) -> dict:
+    """Best weights -> figures, score calibration and ``final.pt``."""
+    from . import plots
+    from .trainer import calibrate_score, load_checkpoint, predict
+
+    out = trainer.out
+    best = out / "best.pt"
+    if best.exists():
+        trainer.model.load_state_dict(load_checkpoint(best)["model"])
+    model = trainer.model.eval()
+    extra: dict = {"metrics": trainer.validate(), "datasets": [s.name for s in trainer.splits]}
+    # best/worst validation predictions over all datasets
+    crops, truth, pred, err = [], [], [], []
+    for ds in trainer.val_ds.values():
+        p = predict(model, ds)
+        t = np.stack([ds.sample(i)[1][ds.indices] for i in range(len(ds))])
+        crops += p["crops"]
+        truth += list(t)
+        pred += list(p["crop_points"])
+        err += list(np.linalg.norm(p["crop_points"] - t, axis=-1).mean(axis=-1))
+    if err:
+        order = np.argsort(err)
+        for name, sel in (("best", order[:12]), ("worst", order[::-1][:12])):
+            plots.prediction_grid([crops[i] for i in sel], [truth[i] for i in sel],
+                                  [pred[i] for i in sel], [f"{err[i]:.2f} px" for i in sel],
+                                  out / f"predictions_{name}.png")
+        all_val = next(iter(trainer.val_ds.values()))
+        extra.update(calibrate_score(model, all_val, trainer.mean_shape))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
+    for i, conv in enumerate(convs[:2], start=1):
+        plots.filters(conv.weight.detach().numpy(), out / f"filters_conv{i}.png",
+                      f"conv layer {i} filters")
+    items = [trainer.train_ds.sample(i) for i in range(min(12, len(trainer.train_ds)))]
+    plots.samples([g for g, _, _ in items], [p for _, p, _ in items], out / "loader_samples.png")
+    trainer.save("final.pt", extra)
+    return extra
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from .trainer import Trainer
+
+    try:
+        trainer = Trainer(args)
+        if args.resume:
+            if (Path(args.out) / "last.pt").exists():
+                trainer.resume(Path(args.out) / "last.pt")
+            else:
+                log.warning("--resume: no %s/last.pt, starting fresh", args.out)
+        trainer.fit()
+        extra = final_outputs(trainer)
+    except (DatasetError, ValueError, OSError) as exc:
+        print(f"fkp-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fkp-train: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    m = extra["metrics"]
+    print("final " + " ".join(f"{k}={v:.3f}" for k, v in m.items()
+                              if isinstance(v, float) and not k.startswith("n/")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Torch dataset: in-memory images, one affine warp per sample, and the origin's augmentations.
+
+Every geometric augmentation (box shift/scale/aspect jitter, rotation, horizontal flip) is
+folded into the single crop matrix of :func:`fkp.tracker.geometry.crop_matrix`, so points
+follow pixels exactly: the image is warped once and the points go through the same matrix.
+Photometric jitter (brightness, hue, saturation, contrast) is applied to the colour crop
+before the grayscale conversion, as in the origin report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
+from fkp.tracker.landmarks import FLIP_PERM
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random augmentations (all off when ``enabled`` is False)."""
+
+    enabled: bool = True
+    shift: float = 0.08        # box centre shift, fraction of box size
+    scale: tuple[float, float] = (0.9, 1.12)   # box size factor
+    aspect: float = 0.08       # independent w/h change
+    rotation: float = 25.0     # degrees, uniform +-
+    flip: float = 0.5          # probability
+    brightness: float = 0.3    # +- fraction of V
+    contrast: float = 0.3
+    saturation: float = 0.4
+    hue: float = 10.0          # +- OpenCV hue units (0-179)
+    blur: float = 0.15         # probability of a small Gaussian blur
+    noise: float = 4.0         # max std of Gaussian pixel noise (0-255 scale)
+
+
+def normalise(gray: np.ndarray, scale: float = 1 / 255.0, offset: float = -0.5) -> np.ndarray:
+    """uint8 (S, S) -> float32 (1, S, S) in [-0.5, 0.5] with the default settings."""
+    return (gray.astype(np.float32) * scale + offset)[None]
+
+
+class FaceDataset(Dataset):
+    """Samples of (image (1, S, S) float32, points (K, 2) normalised crop coords, index).
+
+    ``images`` are BGR uint8 arrays, ``points`` (N, 68, 2) in image pixels.
+    """
+
+    def __init__(self, images: list[np.ndarray], points: np.ndarray, size: int, margin: float,
+                 point_indices: list[int] | None = None, augment: AugmentConfig | None = None,
+                 seed: int = 0) -> None:
+        self.images = images
+        self.points = np.asarray(points, np.float32)
+        self.size = size
+        self.margin = margin
+        self.indices = np.asarray(point_indices if point_indices else range(self.points.shape[1]))
+        self.aug = augment or AugmentConfig(enabled=False)
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def matrix(self, i: int) -> tuple[np.ndarray, bool]:
+        """Crop matrix for sample ``i`` (random when augmenting) and whether it is mirrored."""
+        box = box_from_points(self.points[i]).astype(np.float64)
+        a, r = self.aug, self.rng
+        if not a.enabled:
+            return crop_matrix(box, self.size, self.margin), False
+        w, h = box[2] - box[0], box[3] - box[1]
+        cx = (box[0] + box[2]) / 2 + r.uniform(-a.shift, a.shift) * w
+        cy = (box[1] + box[3]) / 2 + r.uniform(-a.shift, a.shift) * h
+        s = r.uniform(*a.scale)
+        w *= s * (1 + r.uniform(-a.aspect, a.aspect))
+        h *= s * (1 + r.uniform(-a.aspect, a.aspect))
+        jittered = np.array([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        flip = bool(r.random() < a.flip)
+        angle = r.uniform(-a.rotation, a.rotation)
+        return crop_matrix(jittered, self.size, self.margin, angle, flip), flip
+
+    def photometric(self, crop: np.ndarray) -> np.ndarray:
+        """Colour jitter on a BGR crop, then grayscale. (S, S, 3) uint8 -> (S, S) uint8."""
+        a, r = self.aug, self.rng
+        if a.enabled and crop.ndim == 3:
+            hsv = cv2.cvtColor(crop, cv2.COLOR_BGR2HSV).astype(np.float32)
+            hsv[..., 0] = (hsv[..., 0] + r.uniform(-a.hue, a.hue)) % 180
+            hsv[..., 1] *= 1 + r.uniform(-a.saturation, a.saturation)
+            hsv[..., 2] *= 1 + r.uniform(-a.brightness, a.brightness)
+            crop = cv2.cvtColor(np.clip(hsv, 0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)
+        gray = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+        if not a.enabled:
+            return gray
+        g = gray.astype(np.float32)
+        g = (g - g.mean()) * (1 + r.uniform(-a.contrast, a.contrast)) + g.mean()
+        if r.random() < a.blur:
+            g = cv2.GaussianBlur(g, (0, 0), r.uniform(0.5, 1.2))
+        if a.noise > 0:
+            g += r.normal(0, r.uniform(0, a.noise), g.shape).astype(np.float32)
+        return np.clip(g, 0, 255).astype(np.uint8)
+
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(gray crop (S, S) uint8, points (68, 2) crop pixels, matrix (2, 3))."""
+        m, flip = self.matrix(i)
+        crop = cv2.warpAffine(self.images[i], m, (self.size, self.size), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        pts = apply_affine(self.points[i], m)
+        if flip:
+            pts = pts[FLIP_PERM]
+        return self.photometric(crop), pts.astype(np.float32), m
+
+    def __getitem__(self, i: int):
+        gray, pts, _ = self.sample(i)
+        target = pts[self.indices] / self.size
+        return torch.from_numpy(normalise(gray)), torch.from_numpy(target), i

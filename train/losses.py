@@ -1,0 +1,56 @@
+"""Landmark losses. Coordinates are normalised crop coordinates (B, K, 2)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("l1", "mse", "wing")
+
+
+def coord_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1",
+               size: int = 128) -> torch.Tensor:
+    """Point loss in crop pixels / ``size`` units. ``wing``: Feng et al. 2018 (w=10, eps=2 px)."""
+    diff = (pred - target) * size
+    if kind == "l1":
+        return diff.abs().mean() / size
+    if kind == "mse":
+        return (diff ** 2).mean() / size ** 2
+    if kind == "wing":
+        w, eps = 10.0, 2.0
+        c = w - w * math.log(1 + w / eps)
+        a = diff.abs()
+        return torch.where(a < w, w * torch.log1p(a / eps), a - c).mean() / size
+    raise ValueError(f"unknown loss {kind!r} (choose from {', '.join(LOSSES)})")
+
+
+def gaussian_targets(points: torch.Tensor, grid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Normalised Gaussian heatmaps (B, K, h, h) centred on ``points`` (B, K, 2).
+
+    ``grid`` (h,) holds the cell centres in normalised crop coordinates; sigma is in cells.
+    """
+    step = (grid[1] - grid[0]) if len(grid) > 1 else grid.new_tensor(1.0)
+    dx = (grid.view(1, 1, 1, -1) - points[..., 0:1, None]) / (sigma * step)
+    dy = (grid.view(1, 1, -1, 1) - points[..., 1:2, None]) / (sigma * step)
+    g = torch.exp(-0.5 * (dx ** 2 + dy ** 2))
+    return g / g.flatten(2).sum(-1).clamp_min(1e-12)[..., None, None]
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between heatmap distributions (B, K, h, w)."""
+    p, q = p.flatten(2).clamp_min(1e-10), q.flatten(2).clamp_min(1e-10)
+    m = 0.5 * (p + q)
+    kl = lambda a, b: (a * (a.log() - b.log())).sum(-1)  # noqa: E731
+    return (0.5 * kl(p, m) + 0.5 * kl(q, m)).mean()
+
+
+def total_loss(out: dict[str, torch.Tensor], target: torch.Tensor, kind: str, size: int,
+               heatmap_weight: float = 1.0, grid: torch.Tensor | None = None,
+               sigma: float = 1.0) -> torch.Tensor:
+    """Coordinate loss, plus the DSNT heatmap regulariser for models with heatmaps."""
+    loss = coord_loss(out["points"], target, kind, size)
+    if "heatmaps" in out and heatmap_weight > 0 and grid is not None:
+        loss = loss + heatmap_weight * js_divergence(
+            out["heatmaps"], gaussian_targets(target, grid, sigma))
+    return loss

@@ -1,0 +1,288 @@
+"""The training loop: data assembly, epochs, validation, checkpoints and resume.
+
+Validation crops come from the box of the true points, without augmentation (the same
+crop ``fkp-eval`` uses). NME is in percent of the outer-eye-corner distance (points 36/45);
+MAE is in pixels of the original image, mean over x and y (the origin report's metric).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from fkp.tracker.data import DatasetError, load_all, read_dataset, split_by_group
+from fkp.tracker.geometry import apply_affine, invert_affine
+from fkp.tracker.landmarks import interocular, shape_plausibility
+
+from .dataset import AugmentConfig, FaceDataset, normalise
+from .losses import total_loss
+from .models import create_model
+
+log = logging.getLogger(__name__)
+SPLIT_SEED = 0  # the person-wise split never depends on --seed
+
+
+@dataclass
+class Split:
+    """One dataset's images and points, split by person."""
+
+    name: str
+    train_images: list = field(default_factory=list)
+    train_points: list = field(default_factory=list)
+    val_images: list = field(default_factory=list)
+    val_points: list = field(default_factory=list)
+    val_names: list = field(default_factory=list)
+
+
+def load_splits(specs: list[str], val_fraction: float, skip_bad: bool) -> list[Split]:
+    """Read, split by person (fixed seed) and load every dataset. Raises DatasetError."""
+    out = []
+    for spec in specs:
+        bad: list[str] | None = [] if skip_bad else None
+        samples = read_dataset(spec, bad)
+        train, val = split_by_group(samples, val_fraction, SPLIT_SEED)
+        tr, tr_img, n1 = load_all(train, skip_bad)
+        va, va_img, n2 = load_all(val, skip_bad)
+        skipped = n1 + n2 + len(bad or [])
+        if skipped:
+            log.warning("%s: skipped %d bad rows/images", spec, skipped)
+        if not tr_img:
+            raise DatasetError(f"{spec}: no training images after the split")
+        name = Path(spec).name or str(spec)
+        out.append(Split(name, tr_img, [s.points for s in tr], va_img, [s.points for s in va],
+                         [s.path.name for s in va]))
+        log.info("%s: %d train / %d val images (%d / %d groups)", name, len(tr), len(va),
+                 len({s.group for s in tr}), len({s.group for s in va}))
+    return out
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, ds: FaceDataset, batch: int = 64) -> dict[str, np.ndarray]:
+    """Predictions on un-augmented crops: points in crop pixels and original pixels, scores."""
+    model.eval()
+    crops, mats, pts_crop, scores = [], [], [], []
+    for start in range(0, len(ds), batch):
+        idx = range(start, min(start + batch, len(ds)))
+        items = [ds.sample(i) for i in idx]
+        x = torch.from_numpy(np.stack([normalise(g) for g, _, _ in items]))
+        out = model(x)
+        pts_crop.append(out["points"].numpy() * ds.size)
+        if "score" in out:
+            scores.append(out["score"].numpy())
+        crops += [g for g, _, _ in items]
+        mats += [m for _, _, m in items]
+    pc = np.concatenate(pts_crop) if pts_crop else np.zeros((0, len(ds.indices), 2))
+    orig = apply_affine(pc, invert_affine(np.stack(mats))) if len(mats) else pc
+    return {"crop_points": pc, "points": orig, "crops": crops,
+            "scores": np.concatenate(scores) if scores else np.zeros(0)}
+
+
+def metrics(pred: np.ndarray, truth: np.ndarray, indices: list[int]) -> dict[str, float]:
+    """NME (% IOD), MAE (px of the original image) and failure rate (% with NME > 10)."""
+    t = truth[:, indices]
+    err = np.linalg.norm(pred - t, axis=-1).mean(axis=-1)
+    nme = 100 * err / np.maximum(interocular(truth), 1e-6)
+    return {"nme": float(nme.mean()), "mae": float(np.abs(pred - t).mean()),
+            "failure_rate": float(100 * (nme > 10).mean()), "n": int(len(t))}
+
+
+class Trainer:
+    """Owns model, optimiser, schedule and history; ``fit`` runs (or resumes) training."""
+
+    def __init__(self, args) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        self.splits = load_splits(args.data, args.val_fraction, args.skip_bad)
+        self.model = create_model(args.arch, input_size=args.input_size)
+        idx = self.model.point_indices
+        tr_img = [im for s in self.splits for im in s.train_images]
+        tr_pts = np.stack([p for s in self.splits for p in s.train_points])
+        aug = AugmentConfig(enabled=not args.no_augment, flip=0.0 if len(idx) < 68 else 0.5)
+        self.train_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
+                                    args.seed)
+        self.val_ds = {s.name: FaceDataset(s.val_images, np.stack(s.val_points), args.input_size,
+                                           args.margin, idx)
+                       for s in self.splits if s.val_images}
+        plain = FaceDataset(tr_img, tr_pts, args.input_size, args.margin)
+        self.mean_shape = np.mean([plain.sample(i)[1] for i in range(min(len(plain), 500))],
+                                  axis=0) / args.input_size   # (68, 2) normalised crop coords
+        self.loader = DataLoader(self.train_ds, batch_size=args.batch, shuffle=True,
+                                 num_workers=args.workers, drop_last=len(tr_img) > args.batch,
+                                 persistent_workers=args.workers > 0)
+        steps = len(self.loader) if not args.max_steps else min(args.max_steps, len(self.loader))
+        self.steps_per_epoch = steps
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr,
+                                     weight_decay=args.weight_decay)
+        if args.schedule == "onecycle":
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(
+                self.opt, max_lr=args.lr, total_steps=max(1, args.epochs * steps),
+                pct_start=0.15)
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
+        self.grid = getattr(self.model, "grid", None)
+        self.history: list[dict] = []
+        self.epoch = 0
+        self.best = float("inf")
+        self.elapsed = 0.0
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "epoch": self.epoch, "history": self.history,
+                "best": self.best, "elapsed": self.elapsed, "args": vars(self.args),
+                "arch": self.args.arch, "point_indices": self.model.point_indices,
+                "mean_shape": self.mean_shape.tolist(), "fkp_checkpoint": 1}
+
+    def save(self, name: str, extra: dict | None = None) -> Path:
+        path = self.out / name
+        tmp = path.with_suffix(".tmp")
+        torch.save({**self.state(), **(extra or {})}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        if ck["arch"] != self.args.arch:
+            raise ValueError(f"{path}: checkpoint is {ck['arch']!r}, not {self.args.arch!r}")
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["opt"])
+        self.epoch, self.history = ck["epoch"], ck["history"]
+        if ck["args"]["epochs"] == self.args.epochs:
+            self.sched.load_state_dict(ck["sched"])
+        else:  # a longer (or shorter) run: the same schedule shape over the new length
+            log.warning("resuming with --epochs %d (was %d): schedule stretched",
+                        self.args.epochs, ck["args"]["epochs"])
+            for _ in range(self.epoch * self.steps_per_epoch):
+                self.sched.step()
+        self.best, self.elapsed = ck["best"], ck.get("elapsed", 0.0)
+        log.info("resumed %s at epoch %d", path, self.epoch)
+
+    # ------------------------------------------------------------------ loop
+    def train_epoch(self) -> float:
+        self.model.train()
+        a = self.args
+        total, n = 0.0, 0
+        bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{a.epochs}",
+                   leave=False, dynamic_ncols=True, mininterval=2.0)
+        for step, (x, y, _) in enumerate(bar):
+            if step >= self.steps_per_epoch:
+                break
+            out = self.model(x)
+            loss = total_loss(out, y, a.loss, a.input_size, a.heatmap_weight, self.grid)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            total += float(loss.detach()) * len(x)
+            n += len(x)
+            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+        return total / max(n, 1)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        a = self.args
+        res: dict = {}
+        losses = []
+        self.model.eval()
+        for name, ds in self.val_ds.items():
+            p = predict(self.model, ds)
+            m = metrics(p["points"], ds.points, ds.indices.tolist())
+            for k, v in m.items():
+                res[f"{k}/{name}"] = v
+            x = torch.from_numpy(np.stack([normalise(c) for c in p["crops"]]))
+            y = torch.from_numpy(np.stack([ds.sample(i)[1][ds.indices] for i in range(len(ds))])
+                                 / ds.size).float()
+            losses.append(float(total_loss(self.model(x), y, a.loss, a.input_size,
+                                           a.heatmap_weight, self.grid)) * len(ds))
+        n = sum(len(d) for d in self.val_ds.values())
+        res["val_loss"] = sum(losses) / max(n, 1)
+        nmes = [res[f"nme/{k}"] for k in self.val_ds]
+        res["nme_mean"] = float(np.mean(nmes)) if nmes else float("nan")
+        return res
+
+    def fit(self) -> dict:
+        a = self.args
+        while self.epoch < a.epochs:
+            t0 = time.time()
+            train_loss = self.train_epoch()
+            self.epoch += 1
+            rec = {"epoch": self.epoch, "train_loss": train_loss, **self.validate(),
+                   "lr": self.opt.param_groups[0]["lr"], "seconds": time.time() - t0}
+            self.elapsed += rec["seconds"]
+            self.history.append(rec)
+            improved = rec["nme_mean"] < self.best
+            if improved:
+                self.best = rec["nme_mean"]
+            self.save("last.pt")
+            if improved:
+                self.save("best.pt")
+            summary = "  ".join(f"{k}={v:.3f}" for k, v in rec.items()
+                                if k.startswith("nme/") or k in ("train_loss", "val_loss"))
+            log.info("epoch %d/%d  %s  (%.0f s)", self.epoch, a.epochs, summary, rec["seconds"])
+            self.write_metrics()
+        return self.history[-1] if self.history else {}
+
+    def write_metrics(self) -> None:
+        from .plots import loss_curves
+
+        payload = {"arch": self.args.arch, "epochs": self.epoch, "history": self.history,
+                   "best_nme_mean": self.best, "train_seconds": self.elapsed,
+                   "args": vars(self.args)}
+        tmp = self.out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, self.out / "metrics.json")
+        if self.history:
+            loss_curves(self.history, self.out / "loss_curves.png")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load an fkp-train checkpoint; ValueError with one line for anything else."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ck, dict) or ck.get("fkp_checkpoint") != 1:
+        raise ValueError(f"{path}: not an fkp-train checkpoint")
+    return ck
+
+
+def calibrate_score(model: torch.nn.Module, ds: FaceDataset, mean_shape: np.ndarray,
+                    seed: int = 0) -> dict[str, float]:
+    """Face/no-face threshold for the score the runtime uses, from validation faces and
+    non-face crops (the same images cropped one to two face sizes away from the face)."""
+    rng = np.random.default_rng(seed)
+    pos = predict(model, ds)
+    neg_pts = ds.points.copy()
+    for i in range(len(neg_pts)):
+        w = np.ptp(neg_pts[i], axis=0)
+        neg_pts[i] += rng.choice([-1, 1], 2) * rng.uniform(1.0, 2.0, 2) * w
+    neg_ds = FaceDataset(ds.images, neg_pts, ds.size, ds.margin, ds.indices.tolist())
+    neg = predict(model, neg_ds)
+
+    def score(p):
+        if len(p["scores"]):
+            return p["scores"]
+        return shape_plausibility(p["crop_points"] / ds.size, mean_shape[ds.indices])
+
+    sp, sn = score(pos), score(neg)
+    cands = np.unique(np.concatenate([sp, sn]))
+    acc = [((sp >= c).mean() + (sn < c).mean()) / 2 for c in cands]
+    best = float(cands[int(np.argmax(acc))]) if len(cands) else 0.0
+    # lean towards keeping faces: never above the 2nd percentile of true faces
+    thr = min(best, float(np.percentile(sp, 2))) if len(sp) else best
+    return {"score_threshold": thr, "score_pos_median": float(np.median(sp)),
+            "score_neg_median": float(np.median(sn)),
+            "score_balanced_accuracy": float(((sp >= thr).mean() + (sn < thr).mean()) / 2)}
