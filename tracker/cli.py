@@ -187,8 +187,9 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                     video.write(vis)
                 if display:
                     cv2.imshow(WINDOW, draw_fps(vis, fps.tick(time.perf_counter())))
-                    if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27):
-                        break
+                    if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27) or \
+                            cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+                        break       # q, Esc, or the window was closed
             if args.max_frames and n >= args.max_frames:
                 break
         if getattr(source, "truncated", False):
