@@ -16,8 +16,12 @@ def test_haar_finds_the_astronaut(astronaut_bgr):
     assert isinstance(det, Detector)
     gray = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
     boxes = det.detect(gray)
-    assert boxes.shape == (1, 5) and boxes.dtype == np.float64
-    assert 0 < boxes[0, 4] < 1
+    # the face is the best candidate (weaker ones, like the shuttle, are left to the
+    # landmark model's face score to reject)
+    assert boxes.shape[1] == 5 and len(boxes) >= 1 and boxes.dtype == np.float64
+    assert (0 < boxes[:, 4]).all() and (boxes[:, 4] < 1).all()
+    assert (np.diff(boxes[:, 4]) <= 0).all()
+    boxes = boxes[:1]
     lm = det.to_landmark_box(boxes[:, :4])
     assert lm.shape == (1, 4)
     truth = np.array([ASTRONAUT_LANDMARK_BOX])

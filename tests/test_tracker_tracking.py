@@ -1,6 +1,8 @@
 """Tracker on the synthetic astronaut video with the tiny ONNX model."""
 from __future__ import annotations
 
+import time
+
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from fkp.tracker.tracking import STAGES, FrameResult, Tracker
 
 @pytest.fixture(scope="module")
 def run(tiny_model, face_video):
-    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=10)
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=10, async_scan=False)
     results, timings = [], []
     for frame in open_source(face_video):
         results.append(tracker.process(frame.image, frame.timestamp_ms, frame.index))
@@ -114,3 +116,22 @@ def test_no_score_output_uses_plausibility(tmp_path, astronaut_bgr):
     tracker = Tracker(path, device="cpu", threads=1)
     r = tracker.process(face_frame(astronaut_bgr, 0))
     assert len(r) == 1 and r.scores[0] > 0.9      # the mean shape is perfectly plausible
+
+
+def test_background_scan_finds_a_face_entering(tiny_model, astronaut_bgr):
+    """With async_scan the periodic scan runs on a worker; a new face joins a few frames on."""
+    from conftest import face_frame
+    one = np.full((240, 480, 3), 128, np.uint8)
+    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
+    two = one.copy()
+    two[:, 240:] = one[:, :240]
+    with Tracker(tiny_model, device="cpu", threads=1, redetect_every=5) as tracker:
+        counts = [len(tracker.process(one)) for _ in range(8)]
+        assert counts == [1] * 8
+        for _ in range(200):               # the second face enters; scans run in background
+            r = tracker.process(two)
+            time.sleep(0.005)
+            if len(r) == 2:
+                break
+        assert sorted(r.ids.tolist()) == [0, 1]
+        assert tracker.stats["detections"] >= 2

@@ -58,10 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="shipped model name or .onnx path (default: auto)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
+    ap.add_argument("--sync-detect", action="store_true",
+                    help="periodic new-face scan inside the frame loop (as fkp-track)")
     ap.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
                     help="face detector for (re)starting tracks (default: haar)")
-    ap.add_argument("--redetect-every", type=int, default=10, metavar="N",
-                    help="detector period while tracking, as in fkp-track (default: 10)")
+    ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
+                    help="detector period while tracking, as in fkp-track (default: 30)")
     ap.add_argument("--frames", type=int, default=300, metavar="N",
                     help="frames to process, 0 = whole video (default: 300)")
     ap.add_argument("--warmup", type=int, default=5, metavar="N",
@@ -192,11 +194,13 @@ def bench(args) -> dict:
         if p:
             check_writable(p)
     tracker = Tracker(args.model, args.device, args.detector,
-                      redetect_every=args.redetect_every, threads=args.threads)
+                      redetect_every=args.redetect_every, threads=args.threads,
+                      async_scan=not args.sync_detect)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)
     finally:
+        tracker.close()
         if writer:
             writer.close()
     if not stats.faces:

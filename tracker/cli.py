@@ -51,10 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
                    help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
     m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
-    m.add_argument("--redetect-every", type=int, default=10, metavar="N",
+    m.add_argument("--redetect-every", type=int, default=30, metavar="N",
                    help="run the detector every N frames to catch new faces; 0: only when a "
-                        "face is lost (default: 10)")
+                        "face is lost (default: 30)")
     m.add_argument("--max-faces", type=int, default=4, metavar="N", help="(default: 4)")
+    m.add_argument("--sync-detect", action="store_true",
+                   help="run the periodic new-face scan inside the frame loop, not on a "
+                        "worker thread: slower, but a video gives the same output every run")
     o = ap.add_argument_group("output")
     o.add_argument("--no-display", action="store_true", help="no live window (headless)")
     o.add_argument("--contours", action="store_true", help="draw face contours")
@@ -147,7 +150,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         tracker = Tracker(args.model, args.device, args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
-                          threads=args.threads)
+                          threads=args.threads, async_scan=not args.sync_detect)
         if source is None:
             source = open_source(spec, kind)
     except BaseException:
@@ -199,6 +202,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         status = 130
     finally:
         source.close()
+        tracker.close()
         for w in writers:
             w.close()
         if video is not None:

@@ -98,7 +98,7 @@ class HaarDetector:
     factors = HAAR_FACTORS
 
     def __init__(self, max_side: int = 320, min_size: int = 24, scale_factor: float = 1.1,
-                 min_neighbors: int = 8, cascade: str | Path | None = None) -> None:
+                 min_neighbors: int = 4, cascade: str | Path | None = None) -> None:
         path = str(cascade or Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml")
         self.cascade = cv2.CascadeClassifier(path)
         if self.cascade.empty():

@@ -153,19 +153,24 @@ class LandmarkModel:
             scores = self.plausibility(pts / self.size)
         return pts, scores
 
+    def crops(self, gray: np.ndarray, mats: np.ndarray) -> np.ndarray:
+        """Warp one gray frame (H, W) into crops (N, S, S) uint8 by matrices (N, 2, 3);
+        pixels past the frame edge replicate the edge."""
+        import cv2
+
+        if not len(mats):
+            return np.zeros((0, self.size, self.size), np.uint8)
+        return np.stack([cv2.warpAffine(gray, m, (self.size, self.size), flags=cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REPLICATE) for m in mats])
+
     def predict(self, gray: np.ndarray, boxes: np.ndarray,
                 angles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All faces of one gray frame (H, W) in one batch.
 
         boxes (N, 4) frame pixels -> points (N, K, 2) frame pixels, scores (N,).
         """
-        import cv2
-
         mats = self.matrices(boxes, angles)
-        crops = np.stack([cv2.warpAffine(gray, m, (self.size, self.size), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_REPLICATE) for m in mats]) \
-            if len(mats) else np.zeros((0, self.size, self.size), np.uint8)
-        pts, scores = self.predict_crops(crops)
+        pts, scores = self.predict_crops(self.crops(gray, mats))
         if len(mats):
             pts = apply_affine(pts, invert_affine(mats))
         return pts, scores

@@ -16,14 +16,16 @@ truth, see :mod:`fkp.tracker.videoscore`; its last stdout line is one JSON objec
 The standard test set (made from research data: keep it out of git, runs/ is ignored;
 15-20 s each, IOD 55-80 px at rest, roll +-25 deg, scale x0.8-1.25)::
 
-    D=../shared/data/youtube-faces-68; V=runs/videos
-    fkp-testvideo make $D $V/one.mp4   --faces 1 --seconds 15 --seed 1
-    fkp-testvideo make $D $V/two.mp4   --faces 2 --seconds 20 --seed 2
-    fkp-testvideo make $D $V/three.mp4 --faces 3 --seconds 20 --seed 3 --background plain
-    fkp-track --video $V/one.mp4 --no-display --csv runs/one.fkp.csv
-    fkp-testvideo score $V/one.truth.csv runs/one.fkp.csv
-    fkp-bench --video $V/one.mp4 --frames 0 --vs dlib --dlib-csv runs/one.dlib.csv
-    fkp-testvideo score $V/one.truth.csv runs/one.dlib.csv
+    D=../shared/data; V=runs/videos     # held-out people only (--split val)
+    fkp-testvideo make $D/youtube-faces-68 $V/ytf1.mp4 --split val --faces 1 --seconds 15 --seed 1
+    fkp-testvideo make $D/youtube-faces-68 $V/ytf2.mp4 --split val --faces 2 --seconds 20 --seed 2
+    fkp-testvideo make $D/300w-train $V/w1.mp4 --split val --faces 1 --seconds 15 --seed 3
+    fkp-testvideo make $D/300w-train $V/w3.mp4 --split val --faces 3 --seconds 20 --seed 4 \
+        --background plain
+    fkp-track --video $V/ytf1.mp4 --no-display --csv runs/ytf1.fkp.csv
+    fkp-testvideo score $V/ytf1.truth.csv runs/ytf1.fkp.csv
+    fkp-bench --video $V/ytf1.mp4 --frames 0 --vs dlib --dlib-csv runs/ytf1.dlib.csv
+    fkp-testvideo score $V/ytf1.truth.csv runs/ytf1.dlib.csv
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import DatasetError, Sample, read_folder
+from .data import DatasetError, Sample, read_folder, split_by_group
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_files
 
@@ -206,11 +208,20 @@ def render(bg: np.ndarray, faces: list[FacePath], t: float, noise: float,
 
 def make_video(data_dir: str | Path, out: str | Path, faces: int = 1, seconds: float = 15.0,
                fps: float = 30.0, seed: int = 0, background: str = "texture",
-               noise: float = 4.0, still: float = 1.0) -> Path:
-    """Write the video ``out`` and its truth CSV; returns the truth path."""
+               noise: float = 4.0, still: float = 1.0, split: str = "all",
+               val_fraction: float = 0.1) -> Path:
+    """Write the video ``out`` and its truth CSV; returns the truth path.
+
+    ``split``: "all" faces, or only the "val" (or "train") people of fkp-train's fixed
+    person-wise split (``data.split_by_group`` with ``val_fraction``), so that a model is
+    scored on people it never saw.
+    """
     from tqdm import tqdm
 
     samples = read_folder(Path(data_dir))
+    if split != "all":
+        train, val = split_by_group(samples, val_fraction)
+        samples = val if split == "val" else train
     if not samples:
         raise DatasetError(f"{data_dir}: no labelled faces")
     rng = np.random.default_rng(seed)
@@ -272,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sensor noise sigma in grey levels per frame (default 4)")
     m.add_argument("--still", type=float, default=1.0,
                    help="seconds each face holds still, at its start and mid-way (default 1)")
+    m.add_argument("--split", choices=("all", "train", "val"), default="all",
+                   help="use only the held-out (val) or training people of fkp-train's fixed "
+                        "person-wise split (default: all)")
+    m.add_argument("--val-fraction", type=float, default=0.1,
+                   help="the split's fraction of held-out people, as fkp-train (default 0.1)")
     s = sub.add_parser("score", help="score a tracker CSV against a truth CSV",
                        description="Detected %, NME % (IOD = points 36/45), failure % "
                                    "(missed or NME > 10 %), jitter (% of IOD, still frames). "
@@ -294,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.faces < 1 or args.seconds <= 0 or args.fps <= 0 or args.still < 0:
                 raise ValueError("--faces, --seconds and --fps must be positive, --still >= 0")
             truth = make_video(args.data_dir, args.out, args.faces, args.seconds, args.fps,
-                               args.seed, args.background, args.noise, args.still)
+                               args.seed, args.background, args.noise, args.still,
+                               args.split, args.val_fraction)
             print(f"wrote {args.out} and {truth}")
             return 0
         truth = Path(args.truth)

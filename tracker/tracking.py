@@ -12,7 +12,10 @@ Per frame:
    whose box leaves the frame or collapses) is lost; its smoothing state goes with it.
 2. Detection, only when needed: no tracks, a track was just lost, every ``redetect_every``
    frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
-   :meth:`Tracker.request_detection`. Detector boxes are mapped to landmark boxes
+   :meth:`Tracker.request_detection`. The periodic scan for new faces runs on a worker
+   thread (``async_scan``) so it never stalls the frame loop; its faces join a few frames
+   later through the same refinement. Detection when no face is tracked, after a loss or on
+   request is synchronous. Detector boxes are mapped to landmark boxes
    (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
    a two-pass refinement: model on the landmark box, then on the box of those points (one
    batched call per pass). Faces scoring above the threshold start tracks with new ids.
@@ -30,6 +33,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 import cv2
@@ -124,13 +128,15 @@ class Tracker:
     ``max_faces``: most faces tracked at once. ``score_threshold``: a face below it is lost
     (default: the model metadata's ``score_threshold``, or 0.5 if that is 0).
     ``threads``: onnxruntime intra-op threads (None = its default).
+    ``async_scan``: run the periodic new-face scan on a worker thread (default); False makes
+    every detection synchronous, so a video gives the same output on every run.
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
                  detector: str | Path | Detector | None = None, smooth: float = 1.0,
-                 redetect_every: int = 10, max_faces: int = 4,
+                 redetect_every: int = 30, max_faces: int = 4,
                  score_threshold: float | None = None, threads: int | None = None,
-                 iou_threshold: float = 0.3) -> None:
+                 iou_threshold: float = 0.3, async_scan: bool = True) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
@@ -138,6 +144,9 @@ class Tracker:
         self.detector = make_detector(detector)
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
         self.iou_threshold = iou_threshold
+        self.async_scan = async_scan
+        self._pool: ThreadPoolExecutor | None = None
+        self._scan: Future | None = None
         meta = self.model.meta
         if score_threshold is None:
             score_threshold = meta.score_threshold if meta.score_threshold > 0 \
@@ -166,9 +175,25 @@ class Tracker:
         self._frame_no = 0
         self._since_detect = 0
         self._detect_requested = True
+        if getattr(self, "_scan", None) is not None:
+            self._scan.result()                 # let a running scan end, then drop it
+        self._scan = None
         self._t0: float | None = None
         self.stats = {"frames": 0, "detections": 0, "model_calls": 0,
                       "tracks_started": 0, "tracks_lost": 0}
+
+    def close(self) -> None:
+        """Stop the background scan worker (the tracker stays usable; it restarts on demand)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._scan = None
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def request_detection(self) -> None:
         """Run the detector on the next frame (e.g. a new person stepped in)."""
@@ -197,12 +222,24 @@ class Tracker:
 
         lost = self._track(gray, w, h)
         self._since_detect += 1
-        due = (not self._tracks or lost or self._detect_requested
-               or (self.redetect_every and self._since_detect >= self.redetect_every))
+        urgent = not self._tracks or lost or self._detect_requested
+        due = urgent or (self.redetect_every and self._since_detect >= self.redetect_every)
         detected = False
-        if due and (len(self._tracks) < self.max_faces or self._detect_requested):
-            self._detect(gray, w, h)
+        if self._scan is not None and (self._scan.done() or urgent):
+            dets = self._scan.result()          # an earlier background scan has finished
+            self._scan = None
+            self._start_tracks(gray, w, h, dets)
             detected = True
+        if due and (len(self._tracks) < self.max_faces or self._detect_requested):
+            if urgent or not self.async_scan:
+                self._start_tracks(gray, w, h, self._run_detector(gray))
+                detected = True
+            elif self._scan is None:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="fkp-scan")
+                self._scan = self._pool.submit(self.detector.detect, gray.copy())
+                self._since_detect = 0
+                self.stats["detections"] += 1
 
         t_post = time.perf_counter()
         result = self._result(int(index), float(timestamp_ms), detected)
@@ -226,11 +263,10 @@ class Tracker:
                ) -> tuple[np.ndarray, np.ndarray]:
         """One batched model call: boxes (N, 4) + angles (N,) -> points (N, K, 2) frame px,
         scores (N,). Same as ``LandmarkModel.predict`` with crop / infer / post timed."""
-        m, size = self.model, self.model.size
+        m = self.model
         t0 = time.perf_counter()
         mats = m.matrices(boxes, angles)
-        crops = np.stack([cv2.warpAffine(gray, a, (size, size), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_REPLICATE) for a in mats])
+        crops = m.crops(gray, mats)
         t1 = time.perf_counter()
         pts, scores = m.predict_crops(crops)
         t2 = time.perf_counter()
@@ -276,14 +312,18 @@ class Tracker:
         self._tracks = kept
         return n_lost > 0
 
-    def _detect(self, gray: np.ndarray, w: int, h: int) -> None:
-        """Run the detector and start tracks on new faces (two-pass refinement)."""
+    def _run_detector(self, gray: np.ndarray) -> np.ndarray:
+        """Synchronous detection: (N, 5) detector boxes, timed as ``detect``."""
         t0 = time.perf_counter()
         dets = self.detector.detect(gray)
         self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
         self.stats["detections"] += 1
         self._since_detect = 0
         self._detect_requested = False
+        return dets
+
+    def _start_tracks(self, gray: np.ndarray, w: int, h: int, dets: np.ndarray) -> None:
+        """Start tracks on detected faces not tracked yet (two-pass refinement)."""
         room = self.max_faces - len(self._tracks)
         if not len(dets) or room <= 0:
             return
