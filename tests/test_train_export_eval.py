@@ -139,3 +139,16 @@ def test_eval_known_answer(tmp_path):
     assert res["mae"] == pytest.approx(6.0 / (68 * 2) / 4, abs=1e-4)
     assert res["failure_rate"] == 0.0
     assert (tmp_path / "ced.png").stat().st_size > 1000
+
+
+def test_eval_split_keeps_only_held_out_people(tmp_path):
+    from fkp.tracker.data import read_dataset, split_by_group
+
+    data, shapes = write_folder(tmp_path / "d", n=30, people=15)
+    norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32
+    constant_model(tmp_path / "c.onnx", norm)
+    _, val = split_by_group(read_dataset(data), 0.3)
+    assert 0 < len(val) < 30
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "c.onnx"),
+            "--split", "val", "--val-fraction", "0.3")
+    assert json.loads(p.stdout.strip().splitlines()[-1])["n"] == len(val)

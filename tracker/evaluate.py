@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import DatasetError, load_image, read_dataset
+from .data import DatasetError, load_image, read_dataset, split_by_group
 from .geometry import box_from_points
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError
@@ -29,10 +29,16 @@ log = logging.getLogger("fkp.eval")
 
 
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
-             limit: int = 0) -> dict:
-    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD)."""
+             limit: int = 0, split: str = "all", val_fraction: float = 0.1) -> dict:
+    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD).
+
+    ``split`` "val" (or "train") keeps only those people of fkp-train's fixed split.
+    """
     bad: list[str] | None = [] if skip_bad else None
     samples = read_dataset(data, bad)
+    if split != "all":
+        train, val = split_by_group(samples, val_fraction)
+        samples = val if split == "val" else train
     if limit:
         samples = samples[:limit]
     preds, truths, skipped = [], [], len(bad or [])
@@ -89,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
+    p.add_argument("--split", choices=("all", "train", "val"), default="all",
+                   help="only the held-out (val) or training people of fkp-train's fixed "
+                        "person-wise split (default: all)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="the split's held-out fraction, as given to fkp-train (default 0.1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         model = LandmarkModel(args.model, args.device)
-        res = evaluate(model, args.data, args.skip_bad, args.limit)
+        res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
+                       args.val_fraction)
         if args.ced:
             ced_plot(res["errors"], args.ced, model.path.stem)
     except (ModelError, DatasetError, OSError) as exc:
