@@ -153,24 +153,29 @@ class LandmarkModel:
             scores = self.plausibility(pts / self.size)
         return pts, scores
 
-    def crops(self, gray: np.ndarray, mats: np.ndarray) -> np.ndarray:
-        """Warp one gray frame (H, W) into crops (N, S, S) uint8 by matrices (N, 2, 3);
-        pixels past the frame edge replicate the edge."""
+    def crops(self, image: np.ndarray, mats: np.ndarray) -> np.ndarray:
+        """Warp one frame, gray (H, W) or BGR (H, W, 3), into gray crops (N, S, S) uint8 by
+        matrices (N, 2, 3); pixels past the frame edge replicate the edge. A colour frame is
+        warped in colour and only the crops are made gray (cheaper than the whole frame)."""
         import cv2
 
+        s = self.size
         if not len(mats):
-            return np.zeros((0, self.size, self.size), np.uint8)
-        return np.stack([cv2.warpAffine(gray, m, (self.size, self.size), flags=cv2.INTER_LINEAR,
-                                        borderMode=cv2.BORDER_REPLICATE) for m in mats])
+            return np.zeros((0, s, s), np.uint8)
+        crops = np.stack([cv2.warpAffine(image, m, (s, s), flags=cv2.INTER_LINEAR,
+                                         borderMode=cv2.BORDER_REPLICATE) for m in mats])
+        if crops.ndim == 4:
+            crops = cv2.cvtColor(crops.reshape(-1, s, 3), cv2.COLOR_BGR2GRAY).reshape(-1, s, s)
+        return crops
 
-    def predict(self, gray: np.ndarray, boxes: np.ndarray,
+    def predict(self, image: np.ndarray, boxes: np.ndarray,
                 angles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All faces of one gray frame (H, W) in one batch.
+        """All faces of one frame, gray (H, W) or BGR (H, W, 3), in one batch.
 
         boxes (N, 4) frame pixels -> points (N, K, 2) frame pixels, scores (N,).
         """
         mats = self.matrices(boxes, angles)
-        pts, scores = self.predict_crops(self.crops(gray, mats))
+        pts, scores = self.predict_crops(self.crops(image, mats))
         if len(mats):
             pts = apply_affine(pts, invert_affine(mats))
         return pts, scores

@@ -102,8 +102,9 @@ class _Track:
     age: int = 0
 
 
-def to_gray(frame: np.ndarray) -> np.ndarray:
-    """BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 -> gray (H, W) uint8."""
+def as_image(frame: np.ndarray) -> np.ndarray:
+    """Validate a frame: BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 ->
+    BGR (H, W, 3) or gray (H, W), without copying where possible."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
         raise ValueError("frame must be a uint8 array (H, W) or (H, W, C)")
     if frame.ndim == 2:
@@ -112,10 +113,16 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     if c == 1:
         return frame[:, :, 0]
     if c == 3:
-        return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        return frame
     if c == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2GRAY)
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     raise ValueError(f"frame with {c} channels")
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 -> gray (H, W) uint8."""
+    image = as_image(frame)
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
 class Tracker:
@@ -209,8 +216,8 @@ class Tracker:
         t_start = time.perf_counter()
         for k in STAGES:
             self.timings[k] = 0.0
-        gray = to_gray(frame)
-        if timestamp_ms is None:
+        image = as_image(frame)     # crops are cut in colour and made gray crop by crop,
+        if timestamp_ms is None:    # so a tracking frame never converts the whole frame
             if self._t0 is None:
                 self._t0 = t_start
             timestamp_ms = (t_start - self._t0) * 1000.0
@@ -218,9 +225,9 @@ class Tracker:
             index = self._frame_no
         self._frame_no += 1
         self.stats["frames"] += 1
-        h, w = gray.shape
+        h, w = image.shape[:2]
 
-        lost = self._track(gray, w, h)
+        lost = self._track(image, w, h)
         self._since_detect += 1
         urgent = not self._tracks or lost or self._detect_requested
         due = urgent or (self.redetect_every and self._since_detect >= self.redetect_every)
@@ -228,16 +235,18 @@ class Tracker:
         if self._scan is not None and (self._scan.done() or urgent):
             dets = self._scan.result()          # an earlier background scan has finished
             self._scan = None
-            self._start_tracks(gray, w, h, dets)
+            self._start_tracks(image, w, h, dets)
             detected = True
         if due and (len(self._tracks) < self.max_faces or self._detect_requested):
+            gray = to_gray(image)
             if urgent or not self.async_scan:
-                self._start_tracks(gray, w, h, self._run_detector(gray))
+                self._start_tracks(image, w, h, self._run_detector(gray))
                 detected = True
             elif self._scan is None:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="fkp-scan")
-                self._scan = self._pool.submit(self.detector.detect, gray.copy())
+                own = gray.copy() if np.shares_memory(gray, frame) else gray  # caller may reuse
+                self._scan = self._pool.submit(self.detector.detect, own)
                 self._since_detect = 0
                 self.stats["detections"] += 1
 
@@ -259,14 +268,14 @@ class Tracker:
             out[i] = roll_angle(full)
         return out
 
-    def _infer(self, gray: np.ndarray, boxes: np.ndarray, angles: np.ndarray
+    def _infer(self, image: np.ndarray, boxes: np.ndarray, angles: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
         """One batched model call: boxes (N, 4) + angles (N,) -> points (N, K, 2) frame px,
         scores (N,). Same as ``LandmarkModel.predict`` with crop / infer / post timed."""
         m = self.model
         t0 = time.perf_counter()
         mats = m.matrices(boxes, angles)
-        crops = m.crops(gray, mats)
+        crops = m.crops(image, mats)
         t1 = time.perf_counter()
         pts, scores = m.predict_crops(crops)
         t2 = time.perf_counter()
@@ -286,12 +295,12 @@ class Tracker:
         return ((scores >= self.score_threshold) & (side >= MIN_BOX_SIDE)
                 & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h) & np.isfinite(pts).all(axis=(1, 2)))
 
-    def _track(self, gray: np.ndarray, w: int, h: int) -> bool:
+    def _track(self, image: np.ndarray, w: int, h: int) -> bool:
         """Follow live tracks; returns True when one was lost."""
         if not self._tracks:
             return False
         prev = np.stack([t.points for t in self._tracks])
-        pts, scores = self._infer(gray, box_from_points(prev), self._rolls(prev))
+        pts, scores = self._infer(image, box_from_points(prev), self._rolls(prev))
         alive = self._alive(pts, scores, w, h)
         kept = []
         for t, p, s, ok in zip(self._tracks, pts, scores, alive):
@@ -322,7 +331,7 @@ class Tracker:
         self._detect_requested = False
         return dets
 
-    def _start_tracks(self, gray: np.ndarray, w: int, h: int, dets: np.ndarray) -> None:
+    def _start_tracks(self, image: np.ndarray, w: int, h: int, dets: np.ndarray) -> None:
         """Start tracks on detected faces not tracked yet (two-pass refinement)."""
         room = self.max_faces - len(self._tracks)
         if not len(dets) or room <= 0:
@@ -340,8 +349,8 @@ class Tracker:
                 break
         if not chosen:
             return
-        pts, _ = self._infer(gray, np.stack(chosen), np.zeros(len(chosen)))
-        pts, scores = self._infer(gray, box_from_points(pts), self._rolls(pts))
+        pts, _ = self._infer(image, np.stack(chosen), np.zeros(len(chosen)))
+        pts, scores = self._infer(image, box_from_points(pts), self._rolls(pts))
         alive = self._alive(pts, scores, w, h)
         for p, s, ok in zip(pts, scores, alive):
             if not ok:
