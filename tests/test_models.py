@@ -24,3 +24,32 @@ def test_registry_lists_all_and_suggests():
         create_model("fastnett")
     with pytest.raises(ValueError, match="known: fastnet"):
         create_model("zzzz")
+
+
+def test_precise_bn_replaces_stale_statistics(tmp_path):
+    """Stale BN running stats wreck eval-mode outputs; recalibration restores them."""
+    import numpy as np
+
+    from datasets import face_shape
+    from fkp.train.dataset import FaceDataset, normalise
+    from fkp.train.trainer import recalibrate_bn
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (80, 80, 3), dtype=np.uint8) for _ in range(16)]
+    pts = np.stack([face_shape(40, 40, 20)] * 16)
+    ds = FaceDataset(images, pts, 64, 0.25)
+    torch.manual_seed(0)
+    model = create_model("fastnet", input_size=64)
+    x = torch.from_numpy(np.stack([normalise(ds.sample(i)[0]) for i in range(16)]))
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(5.0)
+            m.running_var.fill_(1e-3)
+    with torch.no_grad():
+        ref = model.train()(x)["points"]
+        stale = model.eval()(x)["points"]
+        recalibrate_bn(model, ds, images=16, batch=16)
+        fixed = model.eval()(x)["points"]
+    assert not model.training
+    assert (stale - ref).abs().mean() > 10 * (fixed - ref).abs().mean()
+    assert (fixed - ref).abs().max() < 1e-3

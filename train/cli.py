@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of people (groups) held out; the split is fixed")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--precise-bn", type=int, default=512, metavar="N",
+                   help="re-estimate BatchNorm statistics on N training crops before every "
+                        "validation (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -65,9 +68,18 @@ def final_outputs(trainer) -> dict:
     from .trainer import calibrate_score, load_checkpoint, predict
 
     out = trainer.out
-    best = out / "best.pt"
-    if best.exists():
-        trainer.model.load_state_dict(load_checkpoint(best)["model"])
+    # the final weights: the better of the best and the last epoch on validation
+    candidates = []
+    for name in ("best.pt", "last.pt"):
+        if (out / name).exists():
+            ck = load_checkpoint(out / name)
+            trainer.model.load_state_dict(ck["model"])
+            candidates.append((trainer.validate()["nme_mean"], ck["epoch"], name))
+    if candidates:
+        nme, epoch, name = min(candidates)
+        log.info("final weights: %s (epoch %d, validation NME %.3f)", name, epoch, nme)
+        trainer.model.load_state_dict(load_checkpoint(out / name)["model"])
+        trainer.epoch = epoch
     model = trainer.model.eval()
     extra: dict = {"metrics": trainer.validate(), "datasets": [s.name for s in trainer.splits]}
     # best/worst validation predictions over all datasets

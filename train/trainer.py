@@ -114,6 +114,7 @@ class Trainer:
         self.val_ds = {s.name: FaceDataset(s.val_images, np.stack(s.val_points), args.input_size,
                                            args.margin, idx)
                        for s in self.splits if s.val_images}
+        self.plain_train = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx)
         plain = FaceDataset(tr_img, tr_pts, args.input_size, args.margin)
         self.mean_shape = np.mean([plain.sample(i)[1] for i in range(min(len(plain), 500))],
                                   axis=0) / args.input_size   # (68, 2) normalised crop coords
@@ -191,7 +192,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
+        """Validation metrics per dataset (after BN recalibration, see recalibrate_bn)."""
         a = self.args
+        if a.precise_bn:
+            recalibrate_bn(self.model, self.plain_train, a.precise_bn)
         res: dict = {}
         losses = []
         self.model.eval()
@@ -244,6 +248,33 @@ class Trainer:
         os.replace(tmp, self.out / "metrics.json")
         if self.history:
             loss_curves(self.history, self.out / "loss_curves.png")
+
+
+@torch.no_grad()
+def recalibrate_bn(model: torch.nn.Module, ds: FaceDataset, images: int = 512,
+                   batch: int = 32, seed: int = 0) -> None:
+    """Precise BatchNorm: re-estimate every BN layer's running mean/variance as a plain
+    average over ``images`` un-augmented training crops (train-mode forward, no gradients).
+
+    The running averages kept during training lag behind fast-changing weights; for the
+    ResNet-50 this lag made evaluation-mode outputs diverge (validation NME 220 % vs 21 %
+    after recalibration, measured on an epoch-7 checkpoint)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(ds) == 0:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None                        # cumulative average
+    was_training = model.training
+    model.train()
+    idx = np.random.default_rng(seed).permutation(len(ds))[:images]
+    for start in range(0, len(idx), batch):
+        model(torch.from_numpy(np.stack([normalise(ds.sample(int(i))[0])
+                                         for i in idx[start:start + batch]])))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+    model.train(was_training)
 
 
 def load_checkpoint(path: Path) -> dict:
