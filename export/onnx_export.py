@@ -54,6 +54,7 @@ def build_meta(ck: dict) -> ModelMeta:
         "split": f"by person/photo (group hash, val_fraction={a['val_fraction']}, fixed seed 0)",
         "command": shlex.join(cmd), "epochs": ck["epoch"], "input_size": a["input_size"],
         "loss": a["loss"], "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
+        "weights": ck.get("selection", f"epoch {ck['epoch']}"),
     }
     return ModelMeta(
         arch=ck["arch"], input_size=int(a["input_size"]), num_points=len(ck["point_indices"]),
@@ -144,6 +145,8 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 - training data: {', '.join(t['datasets'])} (research-only licences)
 - split: {t['split']}
 - epochs: {t['epochs']}, loss: {t['loss']}, training time: {t['train_seconds'] / 60:.1f} min
+- weights: {t.get('weights', '')} (chosen on validation: best or last epoch, BatchNorm
+  statistics as trained or re-estimated)
 - command: `{t['command']}`
 - score threshold (face/no-face): {meta.score_threshold:.4f}
 

@@ -47,9 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of people (groups) held out; the split is fixed")
     p.add_argument("--no-augment", action="store_true")
-    p.add_argument("--precise-bn", type=int, default=512, metavar="N",
+    p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training crops before every "
-                        "validation (0 = off)")
+                        "validation (default 0 = off; the final weights always try both)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -65,23 +65,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def final_outputs(trainer) -> dict:
     """Best weights -> figures, score calibration and ``final.pt``."""
     from . import plots
-    from .trainer import calibrate_score, load_checkpoint, predict
+    from .trainer import calibrate_score, load_checkpoint, predict, recalibrate_bn
 
     out = trainer.out
-    # the final weights: the better of the best and the last epoch on validation
+    # the final weights: best or last epoch, BatchNorm statistics as trained or re-estimated
+    # (precise BN), whichever validates best
     candidates = []
     for name in ("best.pt", "last.pt"):
-        if (out / name).exists():
-            ck = load_checkpoint(out / name)
+        if not (out / name).exists():
+            continue
+        ck = load_checkpoint(out / name)
+        for precise in (False, True):
             trainer.model.load_state_dict(ck["model"])
-            candidates.append((trainer.validate()["nme_mean"], ck["epoch"], name))
+            if precise:
+                recalibrate_bn(trainer.model, trainer.bn_ds, 1024)
+            candidates.append((trainer.validate()["nme_mean"], ck["epoch"], precise, name,
+                               {k: v.clone() for k, v in trainer.model.state_dict().items()}))
     if candidates:
-        nme, epoch, name = min(candidates)
-        log.info("final weights: %s (epoch %d, validation NME %.3f)", name, epoch, nme)
-        trainer.model.load_state_dict(load_checkpoint(out / name)["model"])
+        nme, epoch, precise, name, state = min(candidates, key=lambda c: c[0])
+        log.info("final weights: %s (epoch %d%s), validation NME %.3f", name, epoch,
+                 ", precise BN" if precise else "", nme)
+        trainer.model.load_state_dict(state)
         trainer.epoch = epoch
+        selection = f"{name} (epoch {epoch}){', BatchNorm re-estimated' if precise else ''}"
+    else:
+        selection = "last weights"
     model = trainer.model.eval()
-    extra: dict = {"metrics": trainer.validate(), "datasets": [s.name for s in trainer.splits]}
+    extra: dict = {"metrics": trainer.validate(), "datasets": [s.name for s in trainer.splits],
+                   "selection": selection}
     # best/worst validation predictions over all datasets
     crops, truth, pred, err = [], [], [], []
     for ds in trainer.val_ds.values():
