@@ -39,8 +39,8 @@ def build_meta(ck: dict) -> ModelMeta:
     metrics = dict(ck.get("metrics") or (ck["history"][-1] if ck.get("history") else {}))
     cmd = ["fkp-train"]
     for k, v in a.items():
-        if k in ("resume", "verbose") or v in (False, None, 0) and k in ("max_steps", "threads",
-                                                                        "workers", "skip_bad"):
+        optional = ("max_steps", "threads", "precise_bn", "workers", "skip_bad")
+        if k in ("resume", "verbose") or (v in (False, None, 0) and k in optional):
             continue
         flag = "--" + k.replace("_", "-")
         if v is True:

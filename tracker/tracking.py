@@ -46,7 +46,7 @@ from .smoothing import OneEuroFilter
 
 log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
-FALLBACK_SCORE_THRESHOLD = 0.5   # when the model metadata gives none (0)
+UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
 
 
@@ -133,8 +133,12 @@ class Tracker:
     any :class:`~fkp.tracker.detectors.Detector`. ``smooth``: One Euro strength (0 = off).
     ``redetect_every``: frames between detector runs while tracking (0 = only when needed).
     ``max_faces``: most faces tracked at once. ``score_threshold``: a face below it is lost
-    (default: the model metadata's ``score_threshold``, or 0.5 if that is 0).
+    (default: the model metadata's ``score_threshold``, calibrated by fkp-train on held-out
+    faces versus off-face crops; 0 where the score could not separate them, as for the
+    regression nets, whose tracks are then lost only by leaving the frame).
     ``threads``: onnxruntime intra-op threads (None = its default).
+    ``min_detection_score``: detector candidates below it are ignored (default: 0 for models
+    with a face score, which verifies every candidate; 0.65 otherwise, e.g. 8 Haar votes).
     ``async_scan``: run the periodic new-face scan on a worker thread (default); False makes
     every detection synchronous, so a video gives the same output on every run.
     """
@@ -143,7 +147,8 @@ class Tracker:
                  detector: str | Path | Detector | None = None, smooth: float = 1.0,
                  redetect_every: int = 30, max_faces: int = 4,
                  score_threshold: float | None = None, threads: int | None = None,
-                 iou_threshold: float = 0.3, async_scan: bool = True) -> None:
+                 iou_threshold: float = 0.3, async_scan: bool = True,
+                 min_detection_score: float | None = None) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
@@ -156,9 +161,11 @@ class Tracker:
         self._scan: Future | None = None
         meta = self.model.meta
         if score_threshold is None:
-            score_threshold = meta.score_threshold if meta.score_threshold > 0 \
-                else FALLBACK_SCORE_THRESHOLD
+            score_threshold = meta.score_threshold
         self.score_threshold = float(score_threshold)
+        if min_detection_score is None:
+            min_detection_score = 0.0 if meta.has_score else UNVERIFIED_DETECTION_SCORE
+        self.min_detection_score = float(min_detection_score)
         self.num_points = meta.num_points
         idx = meta.indices
         self._eyes = [idx.index(i) for i in range(36, 48)] if set(range(36, 48)) <= set(idx) \
@@ -334,6 +341,7 @@ class Tracker:
     def _start_tracks(self, image: np.ndarray, w: int, h: int, dets: np.ndarray) -> None:
         """Start tracks on detected faces not tracked yet (two-pass refinement)."""
         room = self.max_faces - len(self._tracks)
+        dets = dets[dets[:, 4] >= self.min_detection_score]
         if not len(dets) or room <= 0:
             return
         boxes = self.detector.to_landmark_box(dets[:, :4])
