@@ -156,7 +156,7 @@ def test_score_truth_against_itself(video, capsys):
 def test_score_known_errors(video, tmp_path, capsys):
     truth = read_points_csv(testvideo.truth_path_for(video))
     d = 2.0  # px: +d on even frames, -d on odd frames, in x
-    rows, dropped, n_true, expect_nme, jit = [], 0, 0, [], []
+    rows, dropped, n_true, expect_nme = [], 0, 0, []
     for frame, faces in truth.items():
         for face, p in faces:
             n_true += 1

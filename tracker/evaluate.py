@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .data import DatasetError, load_image, read_dataset, split_by_group
 from .geometry import box_from_points
+from .landmarks import interocular
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError
 
@@ -61,7 +62,6 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
     if len(idx) == truth.shape[1]:
         errors = nme_fn(pred, truth)
     else:
-        from .landmarks import interocular
         errors = 100 * np.linalg.norm(pred - t, axis=-1).mean(-1) / interocular(truth)
     return {"n": int(len(pred)), "nme": float(errors.mean()),
             "mae": float(np.abs(pred - t).mean()),
