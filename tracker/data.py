@@ -202,3 +202,12 @@ def split_by_group(samples: list[Sample], val_fraction: float = 0.1,
         h = zlib.crc32(f"{seed}:{s.group}".encode()) / 2**32
         (val if h < val_fraction else train).append(s)
     return train, val
+
+
+def select_split(samples: list[Sample], split: str = "all",
+                 val_fraction: float = 0.1) -> list[Sample]:
+    """``split`` "all", or only the "train" or "val" people of the fixed split above."""
+    if split == "all":
+        return samples
+    train, val = split_by_group(samples, val_fraction)
+    return val if split == "val" else train

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import DatasetError, load_image, read_dataset, split_by_group
+from .data import DatasetError, load_image, read_dataset, select_split
 from .geometry import box_from_points
 from .landmarks import interocular
 from .landmarks import nme as nme_fn
@@ -37,9 +37,7 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
     """
     bad: list[str] | None = [] if skip_bad else None
     samples = read_dataset(data, bad)
-    if split != "all":
-        train, val = split_by_group(samples, val_fraction)
-        samples = val if split == "val" else train
+    samples = select_split(samples, split, val_fraction)
     if limit:
         samples = samples[:limit]
     preds, truths, skipped = [], [], len(bad or [])

@@ -40,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import DatasetError, Sample, read_folder, split_by_group
+from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_files
 
@@ -219,9 +219,7 @@ def make_video(data_dir: str | Path, out: str | Path, faces: int = 1, seconds: f
     from tqdm import tqdm
 
     samples = read_folder(Path(data_dir))
-    if split != "all":
-        train, val = split_by_group(samples, val_fraction)
-        samples = val if split == "val" else train
+    samples = select_split(samples, split, val_fraction)
     if not samples:
         raise DatasetError(f"{data_dir}: no labelled faces")
     rng = np.random.default_rng(seed)

@@ -70,28 +70,33 @@ def final_outputs(trainer) -> dict:
     out = trainer.out
     # the final weights: best or last epoch, BatchNorm statistics as trained or re-estimated
     # (precise BN), whichever validates best
-    candidates = []
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 for m in trainer.model.modules())
+    candidates, seen = [], set()
     for name in ("best.pt", "last.pt"):
         if not (out / name).exists():
             continue
         ck = load_checkpoint(out / name)
-        for precise in (False, True):
+        if ck["epoch"] in seen:              # best is the last epoch: judge it once
+            continue
+        seen.add(ck["epoch"])
+        for precise in ((False, True) if has_bn else (False,)):
             trainer.model.load_state_dict(ck["model"])
             if precise:
                 recalibrate_bn(trainer.model, trainer.bn_ds, 1024)
-            candidates.append((trainer.validate()["nme_mean"], ck["epoch"], precise, name,
+            candidates.append((trainer.validate(recalibrate=False), ck["epoch"], precise, name,
                                {k: v.clone() for k, v in trainer.model.state_dict().items()}))
     if candidates:
-        nme, epoch, precise, name, state = min(candidates, key=lambda c: c[0])
+        metrics, epoch, precise, name, state = min(candidates, key=lambda c: c[0]["nme_mean"])
         log.info("final weights: %s (epoch %d%s), validation NME %.3f", name, epoch,
-                 ", precise BN" if precise else "", nme)
+                 ", precise BN" if precise else "", metrics["nme_mean"])
         trainer.model.load_state_dict(state)
         trainer.epoch = epoch
         selection = f"{name} (epoch {epoch}){', BatchNorm re-estimated' if precise else ''}"
     else:
-        selection = "last weights"
+        metrics, selection = trainer.validate(recalibrate=False), "last weights"
     model = trainer.model.eval()
-    extra: dict = {"metrics": trainer.validate(), "datasets": [s.name for s in trainer.splits],
+    extra: dict = {"metrics": metrics, "datasets": [s.name for s in trainer.splits],
                    "selection": selection}
     # best/worst validation predictions over all datasets
     crops, truth, pred, err = [], [], [], []

@@ -193,10 +193,11 @@ class Trainer:
         return total / max(n, 1)
 
     @torch.no_grad()
-    def validate(self) -> dict:
-        """Validation metrics per dataset (with ``--precise-bn``, after BN recalibration)."""
+    def validate(self, recalibrate: bool = True) -> dict:
+        """Validation metrics per dataset (with ``--precise-bn`` and ``recalibrate``, after
+        BN recalibration; ``final_outputs`` passes False to judge the weights as they are)."""
         a = self.args
-        if a.precise_bn:
+        if a.precise_bn and recalibrate:
             recalibrate_bn(self.model, self.bn_ds, a.precise_bn)
         res: dict = {}
         losses = []
