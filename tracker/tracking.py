@@ -245,11 +245,11 @@ class Tracker:
             self._start_tracks(image, w, h, dets)
             detected = True
         if due and (len(self._tracks) < self.max_faces or self._detect_requested):
-            gray = to_gray(image)
             if urgent or not self.async_scan:
-                self._start_tracks(image, w, h, self._run_detector(gray))
+                self._start_tracks(image, w, h, self._run_detector(to_gray(image)))
                 detected = True
-            elif self._scan is None:
+            elif self._scan is None:             # (while a scan runs, nothing to convert)
+                gray = to_gray(image)
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="fkp-scan")
                 own = gray.copy() if np.shares_memory(gray, frame) else gray  # caller may reuse
