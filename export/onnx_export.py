@@ -33,9 +33,21 @@ class ExportError(RuntimeError):
     """Export failed; the message is one line for the user."""
 
 
-def build_meta(ck: dict) -> ModelMeta:
+def portable_path(path: str) -> str:
+    """A training path as the model card shows it: relative to the current directory when
+    that is shorter (``../shared/data/x`` rather than ``/home/me/shared/data/x``)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:                       # another drive on Windows
+        return path
+    return rel if len(rel) < len(path) else path
+
+
+def build_meta(ck: dict, has_score: bool) -> ModelMeta:
     """Metadata from a checkpoint's arguments, history and final metrics."""
-    a = ck["args"]
+    a = dict(ck["args"])
+    a["data"] = [portable_path(d) for d in a["data"]]
+    a["out"] = portable_path(a["out"])
     metrics = dict(ck.get("metrics") or (ck["history"][-1] if ck.get("history") else {}))
     cmd = ["fkp-train"]
     for k, v in a.items():
@@ -58,7 +70,7 @@ def build_meta(ck: dict) -> ModelMeta:
     }
     return ModelMeta(
         arch=ck["arch"], input_size=int(a["input_size"]), num_points=len(ck["point_indices"]),
-        crop_margin=float(a["margin"]), has_score=ck["arch"] == "fastnet",
+        crop_margin=float(a["margin"]), has_score=has_score,
         score_threshold=float(ck.get("score_threshold", 0.0)),
         point_indices=[] if len(ck["point_indices"]) == NUM_POINTS else list(ck["point_indices"]),
         mean_shape=[[round(x, 5), round(y, 5)] for x, y in
@@ -88,7 +100,7 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ExportError(f"{checkpoint}: {str(exc).splitlines()[0]}") from None
     model.eval()
-    meta = build_meta(ck)
+    meta = build_meta(ck, bool(getattr(model, "has_score", False)))
     meta.validate()
     names = ["points", "score"] if meta.has_score else ["points"]
 

@@ -70,6 +70,7 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     (["--video", "VIDEO", "--frames", "-1"], 2),
     (["--video", "VIDEO", "--vs", "mediapipe"], 2),
     ([], 2),
+    (["--infer-only", "--runs", "0"], 2),
 ])
 def test_bench_bad_input(capsys, face_video, tiny_model, argv, code):
     argv = [str(face_video) if a == "VIDEO" else a for a in argv]
@@ -89,3 +90,13 @@ def test_bench_help(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--help"])
     assert e.value.code == 0 and "--vs" in capsys.readouterr().out
+
+
+def test_bench_infer_only(capsys, tiny_model):
+    code, out, err = run(capsys, "--infer-only", "--model", str(tiny_model), "--device", "cpu",
+                         "--runs", "20", "--threads", "1", "--flip-test")
+    assert code == 0, err
+    res = json.loads(out[-1])
+    assert res["infer_ms"] > 0 and res["infer_ms_mean"] > 0
+    assert res["provider"] == "CPUExecutionProvider" and res["flip_test"] is True
+    assert "ms per face" in out[0]

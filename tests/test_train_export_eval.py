@@ -152,3 +152,41 @@ def test_eval_split_keeps_only_held_out_people(tmp_path):
     p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "c.onnx"),
             "--split", "val", "--val-fraction", "0.3")
     assert json.loads(p.stdout.strip().splitlines()[-1])["n"] == len(val)
+
+
+def test_ema_weights_are_checkpointed_resumed_and_exported(trained, tmp_path):
+    """--ema: ``model`` holds the moving average (validated and exported), ``train_model``
+    the raw weights that --resume continues from; fastnet-deep keeps its face score."""
+    import torch
+
+    _, data, _ = trained
+    out = tmp_path / "ema"
+    common = ["fkp.train.cli", "--arch", "fastnet-deep", "--data", str(data), "--input-size",
+              "64", "--batch", "4", "--max-steps", "3", "--val-fraction", "0.34", "--ema", "0.9",
+              "--out", str(out)]
+    run(*common, "--epochs", "1")
+    ck = torch.load(out / "last.pt", weights_only=False)
+    steps = ck["ema_updates"]                 # one update per optimiser step
+    assert steps >= 2
+    name = "stem.0.0.weight"
+    raw, avg = ck["train_model"][name], ck["model"][name]
+    assert not torch.equal(raw, avg)
+    p = run(*common, "--epochs", "2", "--resume")
+    assert "resumed" in p.stderr
+    ck2 = torch.load(out / "last.pt", weights_only=False)
+    assert ck2["ema_updates"] == 2 * steps and ck2["epoch"] == 2
+    assert not torch.equal(ck2["model"][name], avg)
+    onnx_path = tmp_path / "deep.onnx"
+    run("fkp.export.onnx_export", str(out / "final.pt"), str(onnx_path))
+    meta = ModelMeta.from_json(next(p.value for p in onnx.load(str(onnx_path)).metadata_props
+                                    if p.key == METADATA_KEY))
+    assert meta.arch == "fastnet-deep" and meta.has_score
+
+
+def test_model_card_paths_are_relative_when_shorter(tmp_path, monkeypatch):
+    from fkp.export.onnx_export import portable_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    assert portable_path(str(tmp_path / "d")) == "d"
+    assert portable_path("/") == "/"

@@ -17,6 +17,9 @@ The last stdout line is one JSON object: ``fps``, ``stages_ms``, ``provider``, `
 ``arch``, ``video``, ``frames`` (timed), ``faces_per_frame``, ``detector``, ``threads``, and
 with ``--vs dlib`` also ``dlib`` (``{"fps", "stages_ms", "faces_per_frame", "upsample",
 "version"}``, or ``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
+``--infer-only`` times just the network: one face crop, batch 1, ``--runs`` calls after
+``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median), ``infer_ms_mean``,
+``provider``, ``model``, ``threads``, ``flip_test``.
 Exit status: 0 ok, 1 error (one ``fkp-bench: error:`` line on stderr), 2 bad usage.
 """
 from __future__ import annotations
@@ -53,10 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "  fkp-bench --video one.mp4 --vs dlib --csv fkp.csv --dlib-csv dlib.csv"
                         "\n  fkp-testvideo score one.truth.csv dlib.csv",
                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--video", required=True, metavar="PATH", help="video file to process")
+    ap.add_argument("--video", metavar="PATH", help="video file to process (required unless "
+                    "--infer-only)")
+    ap.add_argument("--infer-only", action="store_true",
+                    help="time only the network on one crop, batch 1 (no video)")
+    ap.add_argument("--runs", type=int, default=500, metavar="N",
+                    help="timed calls with --infer-only (default: 500)")
     ap.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
                     help="shipped model name or .onnx path (default: auto)")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--flip-test", action="store_true",
+                    help="also run each crop mirrored and average: twice the inference time, "
+                         "lower error")
     ap.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
     ap.add_argument("--sync-detect", action="store_true",
                     help="periodic new-face scan inside the frame loop (as fkp-track)")
@@ -185,6 +196,30 @@ def _stage_line(name: str, summary: dict) -> str:
             f"ms: {parts}")
 
 
+def bench_inference(args) -> dict:
+    """Median and mean milliseconds of one batch-1 model call on a gray face-like crop."""
+    from .runtime import LandmarkModel
+
+    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test)
+    s = model.size
+    yy, xx = np.mgrid[0:s, 0:s]
+    crop = (128 + 60 * np.sin(xx / 7.0) * np.cos(yy / 9.0)).astype(np.uint8)[None]
+    for _ in range(args.warmup):
+        model.predict_crops(crop)
+    times = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        model.predict_crops(crop)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    med, mean = float(np.median(times)), float(np.mean(times))
+    print(f"{model.path.name} ({model.meta.arch}, {s}x{s}) on {model.provider}, threads "
+          f"{args.threads or 'default'}{', flip test' if args.flip_test else ''}: "
+          f"{med:.3f} ms per face (median of {args.runs}; mean {mean:.3f})")
+    return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4),
+            "provider": model.provider, "model": str(model.path), "arch": model.meta.arch,
+            "threads": args.threads, "flip_test": args.flip_test}
+
+
 def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
     from .tracking import Tracker
@@ -195,7 +230,7 @@ def bench(args) -> dict:
             check_writable(p)
     tracker = Tracker(args.model, args.device, args.detector,
                       redetect_every=args.redetect_every, threads=args.threads,
-                      async_scan=not args.sync_detect)
+                      async_scan=not args.sync_detect, flip_test=args.flip_test)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)
@@ -242,9 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(message)s")
     if args.frames < 0 or args.warmup < 0 or args.redetect_every < 0 or \
-            args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1):
+            args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1) or \
+            args.runs < 1:
         print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample must be "
-              ">= 0 and --threads >= 1", file=sys.stderr)
+              ">= 0, --threads and --runs >= 1", file=sys.stderr)
+        return 2
+    if not args.video and not args.infer_only:
+        print(f"{PROG}: error: give --video PATH (or --infer-only)", file=sys.stderr)
         return 2
     from .detectors import DetectorError
     from .metadata import MetadataError
@@ -253,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from .writers import OutputError
 
     try:
-        result = bench(args)
+        result = bench_inference(args) if args.infer_only else bench(args)
     except (SourceError, ModelError, MetadataError, DetectorError, OutputError,
             ValueError, OSError) as exc:
         print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

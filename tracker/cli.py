@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on CPU, resnet50 on GPU (default: auto)")
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
+    m.add_argument("--flip-test", action="store_true",
+                   help="also run each crop mirrored and average: twice the inference time, "
+                        "lower error")
     m.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
                    help="face detector for (re)starting tracks (default: haar)")
     m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
@@ -150,7 +153,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         tracker = Tracker(args.model, args.device, args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
-                          threads=args.threads, async_scan=not args.sync_detect)
+                          threads=args.threads, async_scan=not args.sync_detect,
+                          flip_test=args.flip_test)
         if source is None:
             source = open_source(spec, kind)
     except BaseException:

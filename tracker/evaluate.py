@@ -31,7 +31,8 @@ log = logging.getLogger("fkp.eval")
 
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
              limit: int = 0, split: str = "all", val_fraction: float = 0.1) -> dict:
-    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD).
+    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD)
+    and ``bias_px``, the mean signed error (x, y) in image pixels.
 
     ``split`` "val" (or "train") keeps only those people of fkp-train's fixed split.
     """
@@ -63,6 +64,7 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         errors = 100 * np.linalg.norm(pred - t, axis=-1).mean(-1) / interocular(truth)
     return {"n": int(len(pred)), "nme": float(errors.mean()),
             "mae": float(np.abs(pred - t).mean()),
+            "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
             "failure_rate": float(100 * (errors > 10).mean()), "skipped": skipped,
             "errors": errors}
 
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")
     p.add_argument("--model", default="fastnet", help="shipped model name or .onnx path")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--flip-test", action="store_true",
+                   help="also run each crop mirrored and average: twice the inference time, "
+                        "lower error")
     p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        model = LandmarkModel(args.model, args.device)
+        model = LandmarkModel(args.model, args.device, flip_test=args.flip_test)
         res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
                        args.val_fraction)
         if args.ced:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE {res['mae']:.2f} px  "
           f"failures {res['failure_rate']:.1f} %  (n={res['n']}, provider {model.provider})")
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
-           if k in ("n", "nme", "mae", "failure_rate")}
+           if k in ("n", "nme", "mae", "failure_rate", "bias_px")}
     print(json.dumps({**out, "model": model.path.name}))
     return 0
 

@@ -141,6 +141,8 @@ class Tracker:
     with a face score, which verifies every candidate; 0.65 otherwise, e.g. 8 Haar votes).
     ``async_scan``: run the periodic new-face scan on a worker thread (default); False makes
     every detection synchronous, so a video gives the same output on every run.
+    ``flip_test``: average each crop's prediction with its mirror image's (twice the
+    inference work; see :class:`~fkp.tracker.runtime.LandmarkModel`).
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
@@ -148,11 +150,11 @@ class Tracker:
                  redetect_every: int = 30, max_faces: int = 4,
                  score_threshold: float | None = None, threads: int | None = None,
                  iou_threshold: float = 0.3, async_scan: bool = True,
-                 min_detection_score: float | None = None) -> None:
+                 min_detection_score: float | None = None, flip_test: bool = False) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
-            LandmarkModel(model, device, threads)
+            LandmarkModel(model, device, threads, flip_test)
         self.detector = make_detector(detector)
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
         self.iou_threshold = iou_threshold

@@ -34,6 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", nargs="+", required=True,
                    help="datasets: folder format (images/ + landmarks.csv), a folder of .pts "
                         "files, or an iBUG .xml; several are trained together")
+    p.add_argument("--label-offset", nargs="+", default=[], metavar="DX,DY",
+                   help="per dataset (in --data order): its label convention offset in image "
+                        "pixels, kept in image axes when a face is mirrored (measure it as "
+                        "the bias_px of `fkp-eval DATA --split train` on a model trained "
+                        "without it; default 0,0)")
     p.add_argument("--input-size", type=int, default=128, help="crop side in pixels")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch", type=int, default=32)
@@ -50,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training crops before every "
                         "validation (default 0 = off; the final weights always try both)")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate, select and export an exponential moving average of the "
+                        "weights with this decay per step (e.g. 0.998; default 0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -70,8 +78,8 @@ def final_outputs(trainer) -> dict:
     out = trainer.out
     # the final weights: best or last epoch, BatchNorm statistics as trained or re-estimated
     # (precise BN), whichever validates best
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                 for m in trainer.model.modules())
+    net = trainer.eval_model              # the EMA copy with --ema
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in net.modules())
     candidates, seen = [], set()
     for name in ("best.pt", "last.pt"):
         if not (out / name).exists():
@@ -81,21 +89,21 @@ def final_outputs(trainer) -> dict:
             continue
         seen.add(ck["epoch"])
         for precise in ((False, True) if has_bn else (False,)):
-            trainer.model.load_state_dict(ck["model"])
+            net.load_state_dict(ck["model"])
             if precise:
-                recalibrate_bn(trainer.model, trainer.bn_ds, 1024)
+                recalibrate_bn(net, trainer.bn_ds, 1024)
             candidates.append((trainer.validate(recalibrate=False), ck["epoch"], precise, name,
-                               {k: v.clone() for k, v in trainer.model.state_dict().items()}))
+                               {k: v.clone() for k, v in net.state_dict().items()}))
     if candidates:
         metrics, epoch, precise, name, state = min(candidates, key=lambda c: c[0]["nme_mean"])
         log.info("final weights: %s (epoch %d%s), validation NME %.3f", name, epoch,
                  ", precise BN" if precise else "", metrics["nme_mean"])
-        trainer.model.load_state_dict(state)
+        net.load_state_dict(state)
         trainer.epoch = epoch
         selection = f"{name} (epoch {epoch}){', BatchNorm re-estimated' if precise else ''}"
     else:
         metrics, selection = trainer.validate(recalibrate=False), "last weights"
-    model = trainer.model.eval()
+    model = net.eval()
     extra: dict = {"metrics": metrics, "datasets": [s.name for s in trainer.splits],
                    "selection": selection}
     # best/worst validation predictions over all datasets

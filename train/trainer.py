@@ -6,6 +6,7 @@ MAE is in pixels of the original image, mean over x and y (the origin report's m
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -85,6 +86,24 @@ def predict(model: torch.nn.Module, ds: FaceDataset, batch: int = 64) -> dict[st
             "scores": np.concatenate(scores) if scores else np.zeros(0)}
 
 
+def parse_label_offsets(specs: list[str], n: int) -> list[np.ndarray]:
+    """``--label-offset`` values ("DX,DY" or "DX", one per dataset) -> n arrays (2,)."""
+    if not specs:
+        return [np.zeros(2)] * n
+    if len(specs) != n:
+        raise ValueError(f"--label-offset: {len(specs)} values for {n} datasets")
+    out = []
+    for spec in specs:
+        try:
+            vals = [float(v) for v in str(spec).split(",")]
+        except ValueError:
+            vals = []
+        if len(vals) not in (1, 2):
+            raise ValueError(f"--label-offset: {spec!r} is not DX,DY")
+        out.append(np.array(vals + [0.0] * (2 - len(vals))))
+    return out
+
+
 def metrics(pred: np.ndarray, truth: np.ndarray, indices: list[int]) -> dict[str, float]:
     """NME (% IOD), MAE (px of the original image) and failure rate (% with NME > 10)."""
     t = truth[:, indices]
@@ -108,15 +127,18 @@ class Trainer:
         idx = self.model.point_indices
         tr_img = [im for s in self.splits for im in s.train_images]
         tr_pts = np.stack([p for s in self.splits for p in s.train_points])
+        offsets = parse_label_offsets(args.label_offset, len(self.splits))
+        tr_off = np.concatenate([np.tile(o, (len(s.train_points), 1))
+                                 for o, s in zip(offsets, self.splits)])
         aug = AugmentConfig(enabled=not args.no_augment, flip=0.0 if len(idx) < 68 else 0.5)
         self.train_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
-                                    args.seed)
+                                    args.seed, tr_off)
         self.val_ds = {s.name: FaceDataset(s.val_images, np.stack(s.val_points), args.input_size,
                                            args.margin, idx)
                        for s in self.splits if s.val_images}
         # training crops for BatchNorm re-estimation, augmented as in training, own RNG
         self.bn_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
-                                 args.seed + 1)
+                                 args.seed + 1, tr_off)
         plain = FaceDataset(tr_img, tr_pts, args.input_size, args.margin)
         self.mean_shape = np.mean([plain.sample(i)[1] for i in range(min(len(plain), 500))],
                                   axis=0) / args.input_size   # (68, 2) normalised crop coords
@@ -134,14 +156,38 @@ class Trainer:
         else:
             self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda _: 1.0)
         self.grid = getattr(self.model, "grid", None)
+        # exponential moving average of the weights (--ema): validated, selected and exported
+        self.ema = copy.deepcopy(self.model).eval() if args.ema > 0 else None
+        self.ema_updates = 0
         self.history: list[dict] = []
         self.epoch = 0
         self.best = float("inf")
         self.elapsed = 0.0
 
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated and shipped: the EMA copy with ``--ema``."""
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights, d warming up as (1 + n) / (10 + n)."""
+        self.ema_updates += 1
+        n = self.ema_updates
+        d = min(self.args.ema, (1 + n) / (10 + n))
+        for e, w in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.lerp_(w, 1 - d)
+            else:
+                e.copy_(w)
+
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+        """``model``: the weights to use (EMA with ``--ema``); ``train_model``: the raw
+        optimiser weights that ``--resume`` continues from (only with ``--ema``)."""
+        extra = ({"train_model": self.model.state_dict(), "ema_updates": self.ema_updates}
+                 if self.ema is not None else {})
+        return {**extra, "model": self.eval_model.state_dict(), "opt": self.opt.state_dict(),
                 "sched": self.sched.state_dict(), "epoch": self.epoch, "history": self.history,
                 "best": self.best, "elapsed": self.elapsed, "args": vars(self.args),
                 "arch": self.args.arch, "point_indices": self.model.point_indices,
@@ -158,7 +204,10 @@ class Trainer:
         ck = load_checkpoint(path)
         if ck["arch"] != self.args.arch:
             raise ValueError(f"{path}: checkpoint is {ck['arch']!r}, not {self.args.arch!r}")
-        self.model.load_state_dict(ck["model"])
+        self.model.load_state_dict(ck.get("train_model", ck["model"]))
+        if self.ema is not None:
+            self.ema.load_state_dict(ck["model"])
+            self.ema_updates = ck.get("ema_updates", 0)
         self.opt.load_state_dict(ck["opt"])
         self.epoch, self.history = ck["epoch"], ck["history"]
         if ck["args"]["epochs"] == self.args.epochs:
@@ -187,6 +236,8 @@ class Trainer:
             loss.backward()
             self.opt.step()
             self.sched.step()
+            if self.ema is not None:
+                self.update_ema()
             total += float(loss.detach()) * len(x)
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
@@ -197,20 +248,21 @@ class Trainer:
         """Validation metrics per dataset (with ``--precise-bn`` and ``recalibrate``, after
         BN recalibration; ``final_outputs`` passes False to judge the weights as they are)."""
         a = self.args
+        net = self.eval_model
         if a.precise_bn and recalibrate:
-            recalibrate_bn(self.model, self.bn_ds, a.precise_bn)
+            recalibrate_bn(net, self.bn_ds, a.precise_bn)
         res: dict = {}
         losses = []
-        self.model.eval()
+        net.eval()
         for name, ds in self.val_ds.items():
-            p = predict(self.model, ds)
+            p = predict(net, ds)
             m = metrics(p["points"], ds.points, ds.indices.tolist())
             for k, v in m.items():
                 res[f"{k}/{name}"] = v
             x = torch.from_numpy(np.stack([normalise(c) for c in p["crops"]]))
             y = torch.from_numpy(np.stack([ds.sample(i)[1][ds.indices] for i in range(len(ds))])
                                  / ds.size).float()
-            losses.append(float(total_loss(self.model(x), y, a.loss, a.input_size,
+            losses.append(float(total_loss(net(x), y, a.loss, a.input_size,
                                            a.heatmap_weight, self.grid)) * len(ds))
         n = sum(len(d) for d in self.val_ds.values())
         res["val_loss"] = sum(losses) / max(n, 1)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .fastnet import FastNet
+from .fastnet import FastNet, fastnet_deep
 from .origin import NoseTipNet, SimpleNet
 from .resnet import aa_resnet50
 
@@ -21,6 +21,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "simple": SimpleNet,
     "resnet50": aa_resnet50,
     "fastnet": FastNet,
+    "fastnet-deep": fastnet_deep,
 }
 
 
