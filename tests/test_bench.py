@@ -100,3 +100,18 @@ def test_bench_infer_only(capsys, tiny_model):
     assert res["infer_ms"] > 0 and res["infer_ms_mean"] > 0
     assert res["provider"] == "CPUExecutionProvider" and res["flip_test"] is True
     assert "ms per face" in out[0]
+
+
+
+def test_closed_stdout_ends_quietly(tiny_model, monkeypatch):
+    """`fkp-bench ... | head -1`: stdout closed early gives status 1, no traceback."""
+    class ClosedPipe:
+        def write(self, _text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert bench.main(["--infer-only", "--model", str(tiny_model), "--device", "cpu",
+                       "--runs", "3"]) == 1

@@ -34,6 +34,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .writers import quiet_broken_pipe
+
 log = logging.getLogger(__name__)
 PROG = "fkp-bench"
 FKP_STAGES = ("decode", "detect", "crop", "infer", "post", "draw", "total")
@@ -272,6 +274,7 @@ def bench(args) -> dict:
     return out
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from .writers import quiet_broken_pipe
+
 EXAMPLES = """\
 examples:
   fkp-track                                 # webcam 0, live window (q or Esc quits)
@@ -224,6 +226,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     return status
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)

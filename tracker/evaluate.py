@@ -25,6 +25,7 @@ from .geometry import box_from_points
 from .landmarks import interocular
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError
+from .writers import quiet_broken_pipe
 
 log = logging.getLogger("fkp.eval")
 
@@ -87,6 +88,7 @@ def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) ->
     plt.close(fig)
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fkp-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")

@@ -43,6 +43,7 @@ import numpy as np
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_files
+from .writers import quiet_broken_pipe
 
 log = logging.getLogger(__name__)
 WIDTH, HEIGHT = 640, 480
@@ -299,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

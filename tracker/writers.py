@@ -15,12 +15,13 @@ frame pixels (x right, y down; pixel centres on integers).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Callable, Sequence, TextIO
 
 import cv2
 import numpy as np
@@ -28,6 +29,25 @@ import numpy as np
 
 class OutputError(RuntimeError):
     """An output file cannot be written; the message is one line for the user."""
+
+
+def quiet_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
+    """For a command's ``main``: stdout closed early (``fkp-eval ... | head -1``) ends the
+    command quietly with status 1 instead of a BrokenPipeError traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            code = main(*args, **kwargs)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:
+            try:                    # Python's own flush at exit must not raise it again
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+                pass
+            return 1
+    return wrapper
 
 
 def check_writable(path: str | os.PathLike) -> Path:
