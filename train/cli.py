@@ -3,7 +3,8 @@
 Example (the shipped fast net)::
 
     fkp-train --arch fastnet --data ../shared/data/youtube-faces-68 ../shared/data/300w-train \
-        --input-size 128 --epochs 40 --batch 32 --lr 3e-3 --out runs/fastnet
+        --label-offset 0.78,0 0.58,0 --ema 0.998 --input-size 128 --epochs 60 --batch 32 \
+        --lr 3e-3 --threads 1 --out ../runs/fastnet3
 
 Writes into ``--out``: ``last.pt`` every epoch (``--resume`` continues from it), ``best.pt``,
 ``final.pt`` (best weights + score calibration, what ``fkp-export`` takes), ``metrics.json``,
