@@ -190,3 +190,29 @@ def test_model_card_paths_are_relative_when_shorter(tmp_path, monkeypatch):
     (tmp_path / "d").mkdir()
     assert portable_path(str(tmp_path / "d")) == "d"
     assert portable_path("/") == "/"
+
+
+def test_eval_mirror_bias_recovers_a_label_offset(tmp_path):
+    """A net that learned an offset k (crop px) of labels that sit o px right of the points'
+    geometry: plain bias k/s - o, mirrored bias -k/s - o, label_offset_x_px = o."""
+    from conftest import template_shape
+
+    data, _ = write_folder(tmp_path / "d", n=2, people=2)
+    geo = template_shape() * 60 + [20, 15]               # mirror-symmetric, frame px
+    m = crop_matrix(box_from_points(geo), 32, 0.25)
+    k, o = 0.3, 0.4                                      # crop px, frame px
+    constant_model(tmp_path / "c.onnx", (apply_affine(geo, m) + [k, 0]) / 32)
+    labels = geo.copy()
+    labels[1:16, 0] += o                                 # 0 and 16 keep the crop box
+    labels[17:, 0] += o
+    lines = (data / "landmarks.csv").read_text().splitlines()
+    lines[1:] = [ln.split(",")[0] + "," + ",".join(f"{v:.6f}" for v in labels.ravel())
+                 for ln in lines[1:]]
+    (data / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "c.onnx"),
+            "--mirror-bias")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    frac, s = 66 / 68, m[0, 0]
+    assert res["bias_px"][0] == pytest.approx(k / s - o * frac, abs=2e-3)
+    assert res["bias_mirrored_px"][0] == pytest.approx(-k / s - o * frac, abs=2e-3)
+    assert res["label_offset_x_px"] == pytest.approx(o * frac, abs=2e-3)

@@ -21,8 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DatasetError, load_image, read_dataset, select_split
-from .geometry import box_from_points
-from .landmarks import interocular
+from .geometry import apply_affine, box_from_points, invert_affine
+from .landmarks import FLIP_PERM, NUM_POINTS, interocular
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError
 from .writers import quiet_broken_pipe
@@ -30,10 +30,32 @@ from .writers import quiet_broken_pipe
 log = logging.getLogger("fkp.eval")
 
 
+def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Points (68, 2) in frame pixels predicted on the mirrored crop of ``box``, mirrored
+    back and relabelled left/right (no flip-test averaging)."""
+    mats = model.matrices(box[None])
+    crops = model.crops(gray, mats)[:, :, ::-1].copy()
+    flip, model.flip_test = model.flip_test, False
+    try:
+        pts, _ = model.predict_crops(crops)
+    finally:
+        model.flip_test = flip
+    pts = pts[:, FLIP_PERM]
+    pts[..., 0] = model.size - 1 - pts[..., 0]
+    return apply_affine(pts, invert_affine(mats))[0]
+
+
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
-             limit: int = 0, split: str = "all", val_fraction: float = 0.1) -> dict:
+             limit: int = 0, split: str = "all", val_fraction: float = 0.1,
+             mirror_bias: bool = False) -> dict:
     """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD)
     and ``bias_px``, the mean signed error (x, y) in image pixels.
+
+    ``mirror_bias`` (68-point models) also predicts every mirrored crop and returns its
+    ``bias_mirrored_px`` and ``label_offset_x_px`` = -(bias + mirrored bias) / 2 in x: a net
+    that learned an offset d of labels that sit o px right of this package's convention
+    has bias d - o on plain crops and -d - o on mirrored ones, so this estimates o (the
+    ``--label-offset`` of fkp-train) whatever d it learned.
 
     ``split`` "val" (or "train") keeps only those people of fkp-train's fixed split.
     """
@@ -42,7 +64,9 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
     samples = select_split(samples, split, val_fraction)
     if limit:
         samples = samples[:limit]
-    preds, truths, skipped = [], [], len(bad or [])
+    preds, truths, mirrored, skipped = [], [], [], len(bad or [])
+    if mirror_bias and model.meta.num_points != NUM_POINTS:
+        raise ModelError(f"{model.path}: --mirror-bias needs a {NUM_POINTS}-point model")
     for s in tqdm(samples, desc="eval", leave=False, disable=len(samples) < 50):
         try:
             gray = load_image(s, color=False)
@@ -54,6 +78,8 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         pts, _ = model.predict(gray, box_from_points(s.points)[None])
         preds.append(pts[0])
         truths.append(s.points)
+        if mirror_bias:
+            mirrored.append(mirrored_prediction(model, gray, box_from_points(s.points)))
     if not preds:
         raise DatasetError(f"{data}: no usable faces")
     pred, truth = np.stack(preds), np.stack(truths).astype(np.float64)
@@ -63,7 +89,12 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         errors = nme_fn(pred, truth)
     else:
         errors = 100 * np.linalg.norm(pred - t, axis=-1).mean(-1) / interocular(truth)
-    return {"n": int(len(pred)), "nme": float(errors.mean()),
+    extra = {}
+    if mirror_bias:
+        mb = (np.stack(mirrored) - t).mean(axis=(0, 1))
+        extra = {"bias_mirrored_px": [round(float(v), 4) for v in mb],
+                 "label_offset_x_px": round(-float((pred - t)[..., 0].mean() + mb[0]) / 2, 4)}
+    return {**extra, "n": int(len(pred)), "nme": float(errors.mean()),
             "mae": float(np.abs(pred - t).mean()),
             "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
             "failure_rate": float(100 * (errors > 10).mean()), "skipped": skipped,
@@ -97,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flip-test", action="store_true",
                    help="also run each crop mirrored and average: twice the inference time, "
                         "lower error")
+    p.add_argument("--mirror-bias", action="store_true",
+                   help="also report the mean error of mirrored crops and the label offset "
+                        "in x it implies (label_offset_x_px, for fkp-train --label-offset)")
     p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
@@ -110,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = LandmarkModel(args.model, args.device, flip_test=args.flip_test)
         res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
-                       args.val_fraction)
+                       args.val_fraction, args.mirror_bias)
         if args.ced:
             ced_plot(res["errors"], args.ced, model.path.stem)
     except (ModelError, DatasetError, OSError) as exc:
@@ -121,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE {res['mae']:.2f} px  "
           f"failures {res['failure_rate']:.1f} %  (n={res['n']}, provider {model.provider})")
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
-           if k in ("n", "nme", "mae", "failure_rate", "bias_px")}
+           if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",
+                    "label_offset_x_px")}
     print(json.dumps({**out, "model": model.path.name}))
     return 0
 

@@ -37,9 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "files, or an iBUG .xml; several are trained together")
     p.add_argument("--label-offset", nargs="+", default=[], metavar="DX,DY",
                    help="per dataset (in --data order): its label convention offset in image "
-                        "pixels, kept in image axes when a face is mirrored (measure it as "
-                        "the bias_px of `fkp-eval DATA --split train` on a model trained "
-                        "without it; default 0,0)")
+                        "pixels, kept in image axes when a face is mirrored (estimate it "
+                        "with `fkp-eval DATA --split train --mirror-bias`; default 0,0)")
     p.add_argument("--input-size", type=int, default=128, help="crop side in pixels")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch", type=int, default=32)
