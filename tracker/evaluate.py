@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from .data import DatasetError, load_image, read_dataset, select_split
 from .geometry import apply_affine, box_from_points, invert_affine
-from .landmarks import FLIP_PERM, NUM_POINTS, interocular
+from .landmarks import NUM_POINTS, interocular
 from .landmarks import nme as nme_fn
-from .runtime import LandmarkModel, ModelError
+from .runtime import LandmarkModel, ModelError, unmirror_points
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger("fkp.eval")
@@ -40,9 +40,7 @@ def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray)
         pts, _ = model.predict_crops(crops)
     finally:
         model.flip_test = flip
-    pts = pts[:, FLIP_PERM]
-    pts[..., 0] = model.size - 1 - pts[..., 0]
-    return apply_affine(pts, invert_affine(mats))[0]
+    return apply_affine(unmirror_points(pts, model.size), invert_affine(mats))[0]
 
 
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,

@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def unmirror_points(points: np.ndarray, size: int) -> np.ndarray:
+    """Points (N, 68, 2) predicted on horizontally mirrored ``size`` crops -> the same points
+    in the unmirrored crops (pixel centres at integers), relabelled left/right."""
+    out = points[:, FLIP_PERM].copy()
+    out[..., 0] = size - 1 - out[..., 0]
+    return out
+
+
 class ModelError(RuntimeError):
     """A model cannot be found, loaded or run; the message is one line for the user."""
 
@@ -155,9 +163,8 @@ class LandmarkModel:
             x = np.concatenate([x, x[..., ::-1]])
         outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
         pts = outs["points"].astype(np.float64) * self.size
-        if self.flip_test:     # mirror back (pixel centres at integers) and relabel left/right
-            mirrored = pts[n:, FLIP_PERM]
-            mirrored[..., 0] = self.size - 1 - mirrored[..., 0]
+        if self.flip_test:
+            mirrored = unmirror_points(pts[n:], self.size)
             # A net trained on labels with a convention offset predicts it in image axes on
             # mirrored crops too, so the mirrored path is off by twice the offset in x: align
             # its mean x to the plain prediction's and average shapes, not positions.
