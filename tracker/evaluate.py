@@ -34,12 +34,7 @@ def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray)
     """Points (68, 2) in frame pixels predicted on the mirrored crop of ``box``, mirrored
     back and relabelled left/right (no flip-test averaging)."""
     mats = model.matrices(box[None])
-    crops = model.crops(gray, mats)[:, :, ::-1].copy()
-    flip, model.flip_test = model.flip_test, False
-    try:
-        pts, _ = model.predict_crops(crops)
-    finally:
-        model.flip_test = flip
+    pts, _ = model.predict_crops(model.crops(gray, mats)[:, :, ::-1].copy(), flip_test=False)
     return apply_affine(unmirror_points(pts, model.size), invert_affine(mats))[0]
 
 
@@ -73,11 +68,12 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
                 raise
             skipped += 1
             continue
-        pts, _ = model.predict(gray, box_from_points(s.points)[None])
+        box = box_from_points(s.points)
+        pts, _ = model.predict(gray, box[None])
         preds.append(pts[0])
         truths.append(s.points)
         if mirror_bias:
-            mirrored.append(mirrored_prediction(model, gray, box_from_points(s.points)))
+            mirrored.append(mirrored_prediction(model, gray, box))
     if not preds:
         raise DatasetError(f"{data}: no usable faces")
     pred, truth = np.stack(preds), np.stack(truths).astype(np.float64)

@@ -153,17 +153,20 @@ class LandmarkModel:
         return np.stack([crop_matrix(b, self.size, self.meta.crop_margin, a)
                          for b, a in zip(boxes, ang)]) if len(boxes) else np.zeros((0, 2, 3))
 
-    def predict_crops(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Gray crops (N, S, S) uint8 -> points (N, K, 2) in crop pixels, scores (N,)."""
+    def predict_crops(self, crops: np.ndarray,
+                      flip_test: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Gray crops (N, S, S) uint8 -> points (N, K, 2) in crop pixels, scores (N,).
+        ``flip_test`` overrides the model's setting for this call."""
+        flip = self.flip_test if flip_test is None else flip_test
         n = len(crops)
         if n == 0:
             return np.zeros((0, self.meta.num_points, 2)), np.zeros(0)
         x = crops.astype(np.float32)[:, None] * self.meta.norm_scale + self.meta.norm_offset
-        if self.flip_test:
+        if flip:
             x = np.concatenate([x, x[..., ::-1]])
         outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
         pts = outs["points"].astype(np.float64) * self.size
-        if self.flip_test:
+        if flip:
             mirrored = unmirror_points(pts[n:], self.size)
             # A net trained on labels with a convention offset predicts it in image axes on
             # mirrored crops too, so the mirrored path is off by twice the offset in x: align
