@@ -149,6 +149,10 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
     t, m = meta.training, meta.metrics
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(m.items()))
     mb = onnx_path.stat().st_size / 1e6
+    q = t.get("quantization")
+    quant = (f"- quantized from `{q['from']}` by fkp-quantize: {q['method']}; calibration: "
+             f"{q['calibration']}; float model: "
+             f"{', '.join(f'{k} {v}' for k, v in q['float_metrics'].items())}\n") if q else ""
     text = f"""# {onnx_path.name}
 
 - architecture: `{meta.arch}`, input {meta.input_size}x{meta.input_size} gray,
@@ -160,7 +164,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 - weights: {t.get('weights', '')} (chosen on validation: best or last epoch, BatchNorm
   statistics as trained or re-estimated)
 - command: `{t['command']}`
-- score threshold (face/no-face): {meta.score_threshold:.4f}
+{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}
 
 ## Validation (person-wise held-out part of each dataset, crops from the true point box)
 

@@ -1,4 +1,4 @@
-"""The shipped fast net on real held-out faces, where ../shared/data exists (skipped elsewhere)."""
+"""The shipped fast nets (float and int8) on real held-out faces, where ../shared/data exists (skipped elsewhere)."""
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +12,16 @@ from fkp.tracker.runtime import LandmarkModel, weights_dir
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.mark.parametrize("name", ["fastnet", "fastnet-int8"])
 @pytest.mark.parametrize("dataset", ["youtube-faces-68", "300w-train"])
-def test_fastnet_on_held_out_people(dataset):
+def test_fastnet_on_held_out_people(dataset, name):
     root = SHARED / dataset
     if not (root / "landmarks.csv").is_file():
         pytest.skip(f"{root} not here")
-    if not (weights_dir() / "fastnet.onnx").is_file():
-        pytest.skip("weights/fastnet.onnx not there yet")
+    if not (weights_dir() / f"{name}.onnx").is_file():
+        pytest.skip(f"weights/{name}.onnx not there yet")
     _, val = split_by_group(read_dataset(root), 0.1)       # people fkp-train never saw
-    model = LandmarkModel("fastnet", "cpu")
+    model = LandmarkModel(name, "cpu")
     errors, above = [], []
     for s in val[:: max(1, len(val) // 40)][:40]:
         pts, scores = model.predict(load_image(s, color=False), box_from_points(s.points)[None])

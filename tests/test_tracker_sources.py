@@ -16,8 +16,9 @@ from fkp.tracker.sources import (CameraSource, ImageSource, SourceError, VideoSo
 N_FRAMES = FACE_FRAMES + BLANK_FRAMES + FACE_FRAMES_2
 
 
-def test_video_every_frame_in_order(face_video):
-    src = open_source(str(face_video))
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_video_every_frame_in_order(face_video, prefetch):
+    src = open_source(str(face_video), prefetch=prefetch)
     assert isinstance(src, VideoSource) and not src.is_live
     assert src.size == (FRAME_W, FRAME_H) and src.fps == pytest.approx(25.0)
     assert src.frame_count == N_FRAMES
@@ -27,14 +28,29 @@ def test_video_every_frame_in_order(face_video):
     assert ts[0] == 0 and np.allclose(np.diff(ts), 40.0)
     assert frames[0].image.shape == (FRAME_H, FRAME_W, 3)
     assert not src.truncated
+    cap = cv2.VideoCapture(str(face_video))            # the same pictures as a plain read
+    for f in frames:
+        ok, image = cap.read()
+        assert ok and np.array_equal(f.image, image)
+    cap.release()
 
 
-def test_truncated_video_keeps_frames_and_warns(face_video, tmp_path, caplog):
+def test_prefetching_video_stops_its_thread_when_the_consumer_stops(face_video):
+    src = open_source(face_video, prefetch=2)
+    it = iter(src)
+    assert [next(it).index for _ in range(3)] == [0, 1, 2]
+    assert any(t.name == "video-decode" for t in threading.enumerate())
+    it.close()                                         # as a `break` out of a for loop does
+    assert not any(t.name == "video-decode" for t in threading.enumerate())
+
+
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_truncated_video_keeps_frames_and_warns(face_video, tmp_path, caplog, prefetch):
     data = face_video.read_bytes()
     cut = tmp_path / "cut.avi"
     cut.write_bytes(data[: len(data) // 2])
     with caplog.at_level(logging.WARNING, logger="fkp.tracker.sources"):
-        src = open_source(cut)
+        src = open_source(cut, prefetch=prefetch)
         n = sum(1 for _ in src)
     assert 0 < n < N_FRAMES
     assert src.truncated

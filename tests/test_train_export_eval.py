@@ -72,6 +72,37 @@ def test_export_parity_metadata_and_tracker_runtime(trained):
     assert model.predict(np.zeros((50, 50), np.uint8), np.zeros((0, 4)))[0].shape == (0, 68, 2)
 
 
+def test_quantize_int8_checks_accuracy_and_keeps_the_contract(trained):
+    tmp, data, out = trained
+    fp32, int8 = tmp / "q32.onnx", tmp / "q8.onnx"
+    run("fkp.export.onnx_export", str(out / "final.pt"), str(fp32), "--no-card")
+    # refused (int8 cannot be 100 % better than float): one line, exit 2, nothing written
+    p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
+            "--val-fraction", "0.34", "--max-loss", "-100", check=False)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "above the float model" in p.stderr and not int8.exists()
+    p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
+            "--val-fraction", "0.34", "--max-loss", "1000")
+    assert "int8" in p.stdout and (tmp / "q8.md").read_text().count("quantized from") == 1
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Softmax"} <= ops
+    from fkp.tracker.runtime import LandmarkModel
+
+    a, b = LandmarkModel(fp32, "cpu"), LandmarkModel(int8, "cpu")
+    assert b.meta.training["quantization"]["from"] == "q32.onnx"
+    assert b.meta.metrics["n/data"] >= 1 and b.meta.input_size == a.meta.input_size
+    from fkp.tracker.data import load_image, read_dataset
+
+    diffs = []
+    for s in read_dataset(data):                 # faces like the calibration crops
+        gray, box = load_image(s, color=False), box_from_points(s.points)[None]
+        (pa, sa), (pb, sb) = a.predict(gray, box), b.predict(gray, box)
+        assert pb.shape == (1, 68, 2) and sb.shape == (1,)
+        diffs.append(np.abs(pa - pb).mean() / (box[0, 2] - box[0, 0]))
+    print("int8 - float, mean |point difference| / face width:", np.mean(diffs))
+    assert np.mean(diffs) < 0.02
+
+
 def test_export_rejects_a_foreign_checkpoint(tmp_path):
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")

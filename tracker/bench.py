@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="face detector for (re)starting tracks (default: haar)")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
                     help="detector period while tracking, as in fkp-track (default: 30)")
+    ap.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
+                    help="decode up to N frames ahead on a thread, for both loops; 0 = decode "
+                         f"in the loop (default: {PREFETCH}, as fkp-track)")
     ap.add_argument("--frames", type=int, default=300, metavar="N",
                     help="frames to process, 0 = whole video (default: 300)")
     ap.add_argument("--warmup", type=int, default=5, metavar="N",
@@ -116,11 +120,12 @@ class LoopStats:
                 "faces_per_frame": round(float(np.mean(self.faces[start:])), 3)}
 
 
-def _frames(path: str, limit: int) -> Iterator[tuple[object, float]]:
-    """(Frame, decode ms) for the first ``limit`` frames (0 = all) of a video."""
+def _frames(path: str, limit: int, prefetch: int = 0) -> Iterator[tuple[object, float]]:
+    """(Frame, decode ms) for the first ``limit`` frames (0 = all) of a video. With
+    ``prefetch`` the ms are the wait for a frame the decoder thread has not finished yet."""
     from .sources import open_source
 
-    source = open_source(path, "video")
+    source = open_source(path, "video", prefetch=prefetch)
     it = iter(source)
     try:
         n = 0
@@ -147,7 +152,7 @@ def run_fkp(args, tracker, on_result: Callable | None = None) -> LoopStats:
 
     indices = tracker.model.meta.indices
     stats = LoopStats(FKP_STAGES)
-    for frame, decode_ms in _progress(_frames(args.video, args.frames), args.frames, "fkp"):
+    for frame, decode_ms in _progress(_frames(args.video, args.frames, args.prefetch), args.frames, "fkp"):
         t0 = time.perf_counter()
         res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
         t1 = time.perf_counter()
@@ -172,7 +177,7 @@ def run_dlib(args, on_result: Callable | None = None) -> tuple[LoopStats, object
 
     loop = DlibLoop(args.dlib_upsample)
     stats = LoopStats(DLIB_STAGES)
-    for frame, decode_ms in _progress(_frames(args.video, args.frames), args.frames, "dlib"):
+    for frame, decode_ms in _progress(_frames(args.video, args.frames, args.prefetch), args.frames, "dlib"):
         t0 = time.perf_counter()
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
         pts, scores, ms = loop.process(gray)

