@@ -68,6 +68,7 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     (["--video", "/nonexistent/x.mp4"], 1),
     (["--video", "VIDEO", "--model", "/nonexistent/m.onnx"], 1),
     (["--video", "VIDEO", "--frames", "-1"], 2),
+    (["--video", "VIDEO", "--prefetch", "-1"], 2),
     (["--video", "VIDEO", "--vs", "mediapipe"], 2),
     ([], 2),
     (["--infer-only", "--runs", "0"], 2),

@@ -35,7 +35,7 @@ def test_help():
     assert p.returncode == 0
     for opt in ("--camera", "--video", "--images", "--model", "--device", "--smooth",
                 "--no-smooth", "--redetect-every", "--detector", "--contours", "--no-display",
-                "--out", "--csv", "--json", "--max-frames", "-v"):
+                "--out", "--csv", "--json", "--max-frames", "--prefetch", "-v"):
         assert opt in p.stdout
 
 

@@ -85,6 +85,22 @@ def test_one_batched_model_call_per_tracking_frame(tiny_model, astronaut_bgr):
     assert len(tracker.process(frame)) == 1
 
 
+@pytest.mark.parametrize("smooth", [1.0, 0.0])
+def test_next_crop_comes_from_the_output_points(tiny_model, astronaut_bgr, smooth):
+    from conftest import face_frame
+    from fkp.tracker.geometry import box_from_points
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=0, smooth=smooth)
+    boxes = []
+    infer = tracker._infer
+    tracker._infer = lambda image, b, angles: boxes.append(b.copy()) or infer(image, b, angles)
+    results = [tracker.process(face_frame(astronaut_bgr, i), i * 40.0) for i in range(4)]
+    assert [len(r) for r in results] == [1] * 4 and len(boxes) == 2 + 3   # 2 detection passes
+    for r, b in zip(results[:3], boxes[2:]):
+        np.testing.assert_allclose(b, box_from_points(r.points))
+    if smooth:                                  # the smoothed points, not the raw ones
+        assert not np.allclose(results[2].points, results[2].raw_points)
+
+
 def test_request_detection_reset_and_smoothing_off(tiny_model, astronaut_bgr):
     from conftest import face_frame
     tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=0, smooth=0)

@@ -1,6 +1,7 @@
 """``fkp-bench``: time the fkp-track pipeline headless, optionally against the classic dlib loop.
 
-The pipeline per frame: ``decode`` (read the next video frame), then :class:`Tracker.process`
+The pipeline per frame: ``decode`` (read the next video frame; with ``--prefetch``, the default,
+a decoder thread reads ahead and this is the wait for it), then :class:`Tracker.process`
 (``detect``, ``crop``, ``infer``, ``post``; gray conversion and bookkeeping are in its total
 only) and ``draw`` (points and labels drawn into the frame, as the live window would).
 Reported are mean milliseconds per frame and stage over the timed frames (the first
@@ -152,7 +153,8 @@ def run_fkp(args, tracker, on_result: Callable | None = None) -> LoopStats:
 
     indices = tracker.model.meta.indices
     stats = LoopStats(FKP_STAGES)
-    for frame, decode_ms in _progress(_frames(args.video, args.frames, args.prefetch), args.frames, "fkp"):
+    frames = _frames(args.video, args.frames, args.prefetch)
+    for frame, decode_ms in _progress(frames, args.frames, "fkp"):
         t0 = time.perf_counter()
         res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
         t1 = time.perf_counter()
@@ -177,7 +179,8 @@ def run_dlib(args, on_result: Callable | None = None) -> tuple[LoopStats, object
 
     loop = DlibLoop(args.dlib_upsample)
     stats = LoopStats(DLIB_STAGES)
-    for frame, decode_ms in _progress(_frames(args.video, args.frames, args.prefetch), args.frames, "dlib"):
+    frames = _frames(args.video, args.frames, args.prefetch)
+    for frame, decode_ms in _progress(frames, args.frames, "dlib"):
         t0 = time.perf_counter()
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
         pts, scores, ms = loop.process(gray)
@@ -286,9 +289,9 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"{PROG}: %(levelname)s: %(message)s")
     if args.frames < 0 or args.warmup < 0 or args.redetect_every < 0 or \
             args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1) or \
-            args.runs < 1:
-        print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample must be "
-              ">= 0, --threads and --runs >= 1", file=sys.stderr)
+            args.runs < 1 or args.prefetch < 0:
+        print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample, "
+              "--prefetch must be >= 0, --threads and --runs >= 1", file=sys.stderr)
         return 2
     if not args.video and not args.infer_only:
         print(f"{PROG}: error: give --video PATH (or --infer-only)", file=sys.stderr)

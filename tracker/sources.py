@@ -9,9 +9,10 @@ message for the user.
 * Camera: a daemon reader thread keeps only the newest frame, so a slow consumer always gets
   the latest picture (frames in between are dropped; ``index`` counts frames grabbed, so gaps
   show). ``timestamp_ms`` is wall-clock time since the source opened. ``close()`` stops it.
-* Video file: every frame in order (decoded ahead on a thread with ``prefetch``); ``timestamp_ms`` from ``CAP_PROP_POS_MSEC`` (falls back to
-  ``index * 1000 / fps``). A truncated file ends early: the frames read are delivered, a
-  warning is logged and ``truncated`` is set.
+* Video file: every frame in order (decoded ahead on a thread with ``prefetch``);
+  ``timestamp_ms`` from ``CAP_PROP_POS_MSEC`` (falls back to ``index * 1000 / fps``). A
+  truncated file ends early: the frames read are delivered, a warning is logged and
+  ``truncated`` is set.
 * Images: sorted file names; ``timestamp_ms = index * 1000 / fps``; unreadable files are
   skipped with a warning.
 """
