@@ -34,7 +34,7 @@ from fkp.tracker.data import DatasetError, load_image, read_dataset, select_spli
 from fkp.tracker.evaluate import evaluate
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.metadata import METADATA_KEY
-from fkp.tracker.runtime import LandmarkModel, ModelError
+from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 
 from .onnx_export import portable_path, write_card
 
@@ -95,18 +95,23 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with tempfile.TemporaryDirectory() as work:
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        keep = float_nodes(onnx.load(str(pre)).graph)
-        quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=INT8_OPS, nodes_to_exclude=keep,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     try:
+        with tempfile.TemporaryDirectory() as work:
+            pre = Path(work) / "pre.onnx"
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+                keep = float_nodes(onnx.load(str(pre)).graph)
+                quantize_static(str(pre), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=INT8_OPS, nodes_to_exclude=keep,
+                                per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax)
+            except Exception as exc:  # onnx / onnxruntime raise many types
+                msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                raise QuantizeError(f"cannot quantize {src}: {type(exc).__name__} {msg}") \
+                    from None
         meta = ref.meta
         proto = onnx.load(str(tmp))
-        del proto.metadata_props[:]
         quant = LandmarkModel(_with_meta(proto, meta.to_json(), tmp), "cpu")
         results, metrics = {}, {}
         for data in datasets:
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count < 1:
         p.error("--count must be >= 1")
     try:
-        src = LandmarkModel(args.model, "cpu").path
+        src = resolve_model(args.model, "cpu")
         quantize(src, args.out, args.data, args.count, args.val_fraction, args.max_loss,
                  card=not args.no_card)
     except (QuantizeError, ModelError, DatasetError, OSError) as exc:

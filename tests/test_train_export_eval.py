@@ -81,6 +81,13 @@ def test_quantize_int8_checks_accuracy_and_keeps_the_contract(trained):
             "--val-fraction", "0.34", "--max-loss", "-100", check=False)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
     assert "above the float model" in p.stderr and not int8.exists()
+    junk = tmp / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 20)
+    for model, data_arg in ((junk, data), (fp32, tmp / "no-such-data")):
+        p = run("fkp.export.quantize", str(model), str(int8), "--data", str(data_arg),
+                check=False)
+        assert p.returncode == 2 and p.stderr.startswith("fkp-quantize: error:"), p.stderr
+        assert p.stderr.strip().count("\n") == 0 and not int8.exists()
     p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
             "--val-fraction", "0.34", "--max-loss", "1000")
     assert "int8" in p.stdout and (tmp / "q8.md").read_text().count("quantized from") == 1
