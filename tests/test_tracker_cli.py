@@ -180,3 +180,14 @@ def test_runtime_never_imports_torch():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("ok")
+
+
+def test_scan_runs_in_the_loop_for_files_and_on_a_worker_for_cameras():
+    from fkp.tracker.cli import async_scan, build_parser
+    ap = build_parser()
+    assert async_scan(ap.parse_args(["--video", "v.mp4"]), "video") is False
+    assert async_scan(ap.parse_args(["--video", "v.mp4", "--async-detect"]), "video") is True
+    assert async_scan(ap.parse_args(["--camera", "0"]), "camera") is True
+    assert async_scan(ap.parse_args(["--camera", "0", "--sync-detect"]), "camera") is False
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--sync-detect", "--async-detect"])

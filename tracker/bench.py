@@ -35,6 +35,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .runtime import default_cpu_threads
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
 
@@ -72,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--flip-test", action="store_true",
                     help="also run each crop mirrored and average: twice the inference time, "
                          "lower error")
-    ap.add_argument("--threads", type=int, metavar="N", help="onnxruntime CPU threads")
-    ap.add_argument("--sync-detect", action="store_true",
-                    help="periodic new-face scan inside the frame loop (as fkp-track)")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help="onnxruntime CPU threads (default: all cores but one, at most 2)")
+    ap.add_argument("--async-detect", action="store_true",
+                    help="periodic new-face scan on a worker thread, as fkp-track does for "
+                         "cameras (default: in the frame loop, as it does for video files)")
     ap.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
                     help="face detector for (re)starting tracks (default: haar)")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
@@ -227,7 +230,7 @@ def bench_inference(args) -> dict:
           f"{med:.3f} ms per face (median of {args.runs}; mean {mean:.3f})")
     return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4),
             "provider": model.provider, "model": str(model.path), "arch": model.meta.arch,
-            "threads": args.threads, "flip_test": args.flip_test}
+            "threads": args.threads or default_cpu_threads(), "flip_test": args.flip_test}
 
 
 def bench(args) -> dict:
@@ -240,7 +243,7 @@ def bench(args) -> dict:
             check_writable(p)
     tracker = Tracker(args.model, args.device, args.detector,
                       redetect_every=args.redetect_every, threads=args.threads,
-                      async_scan=not args.sync_detect, flip_test=args.flip_test)
+                      async_scan=args.async_detect, flip_test=args.flip_test)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)
@@ -258,7 +261,7 @@ def bench(args) -> dict:
     out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
-           "detector": type(tracker.detector).__name__, "threads": args.threads}
+           "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads()}
     if args.vs == "dlib" or args.dlib_csv:
         from .dlib_loop import DlibUnavailable
 
