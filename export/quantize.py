@@ -4,7 +4,7 @@ Static post-training quantization with onnxruntime (QDQ format: per-channel int8
 uint8 activations, min-max calibration). Convolutions, additions, ReLUs, resizes and pools
 run in int8; the last convolution and everything after it (heatmap softmax, soft-argmax,
 score, fully connected heads) stay in float, where sub-pixel coordinates are made. On CPUs
-with AVX-512 VNNI / AVX-VNNI this makes the shipped fast net about 2.8x faster.
+with AVX-512 VNNI / AVX-VNNI this makes the shipped fast net 1.9-2.5x faster (2 / 1 threads).
 
 Calibration crops come from faces of the *training* people of the fixed person-wise split
 (``--count`` of them, spread over the ``--data`` sets), cut with the runtime's own crop from

@@ -47,7 +47,7 @@ def available_models() -> list[str]:
 def resolve_model(name_or_path: str | os.PathLike | None, device: str = "cpu") -> Path:
     """A path to an ``.onnx`` file from a path, a shipped name, or None/"auto".
 
-    "auto" means the fast net on CPU (its 8-bit ``fastnet-int8`` where shipped, about 2.8x
+    "auto" means the fast net on CPU (its 8-bit ``fastnet-int8`` where shipped, 1.9-2.5x
     faster at the same accuracy; else ``fastnet``) and ``resnet50`` on a GPU.
     """
     if name_or_path in (None, "", "auto"):
