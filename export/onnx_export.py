@@ -126,8 +126,7 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
                           dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           opset_version=17, dynamo=False)
     proto = onnx.load(str(tmp))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    set_metadata(proto, meta)
     proto.producer_name = "fkp-export"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
@@ -142,6 +141,15 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
     if card:
         write_card(out.with_suffix(".md"), meta, out)
     return diff
+
+
+def set_metadata(proto, meta: ModelMeta) -> None:
+    """Store ``meta`` as the model's fkp metadata (JSON under ``METADATA_KEY``), replacing
+    any earlier entry of that key."""
+    for entry in [e for e in proto.metadata_props if e.key == METADATA_KEY]:
+        proto.metadata_props.remove(entry)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
 
 
 def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:

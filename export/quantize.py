@@ -33,12 +33,10 @@ import numpy as np
 from fkp.tracker.data import DatasetError, load_image, read_dataset, select_split
 from fkp.tracker.evaluate import evaluate
 from fkp.tracker.geometry import box_from_points
-from fkp.tracker.metadata import METADATA_KEY
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 
-from .onnx_export import portable_path, write_card
+from .onnx_export import portable_path, set_metadata, write_card
 
-log = logging.getLogger("fkp.export")
 INT8_OPS = ["Conv", "Add", "Relu", "Resize", "MaxPool", "AveragePool"]
 
 
@@ -59,8 +57,7 @@ def calibration_inputs(model: LandmarkModel, datasets: list[str], count: int,
             s = samples[j]
             crop = model.crops(load_image(s, color=False),
                                model.matrices(box_from_points(s.points)[None]))
-            inputs.append(crop.astype(np.float32)[:, None] * model.meta.norm_scale
-                          + model.meta.norm_offset)
+            inputs.append(model.inputs(crop))
     if not inputs:
         raise QuantizeError("no calibration faces")
     return inputs
@@ -112,7 +109,9 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
                     from None
         meta = ref.meta
         proto = onnx.load(str(tmp))
-        quant = LandmarkModel(_with_meta(proto, meta.to_json(), tmp), "cpu")
+        set_metadata(proto, meta)
+        onnx.save(proto, str(tmp))
+        quant = LandmarkModel(tmp, "cpu")
         results, metrics = {}, {}
         for data in datasets:
             name = Path(data).name
@@ -134,25 +133,14 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
             "calibration": f"{len(inputs)} training-people crops of "
                            f"{', '.join(portable_path(d) for d in datasets)}",
             "float_metrics": {f"nme/{k}": round(v[0], 4) for k, v in results.items()}})
-        _with_meta(proto, meta.to_json(), tmp)
+        set_metadata(proto, meta)
+        onnx.save(proto, str(tmp))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
     if card:
         write_card(out.with_suffix(".md"), meta, out)
     return results
-
-
-def _with_meta(proto, text: str, path: Path) -> Path:
-    """Set the fkp metadata of ``proto`` and save it to ``path``; returns ``path``."""
-    import onnx
-
-    for e in [e for e in proto.metadata_props if e.key == METADATA_KEY]:
-        proto.metadata_props.remove(e)
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, text
-    onnx.save(proto, str(path))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -165,6 +165,11 @@ class LandmarkModel:
         return np.stack([crop_matrix(b, self.size, self.meta.crop_margin, a)
                          for b, a in zip(boxes, ang)]) if len(boxes) else np.zeros((0, 2, 3))
 
+    def inputs(self, crops: np.ndarray) -> np.ndarray:
+        """Gray crops (N, S, S) uint8 -> the network input (N, 1, S, S) float32 (metadata's
+        ``pixel * norm_scale + norm_offset``)."""
+        return crops.astype(np.float32)[:, None] * self.meta.norm_scale + self.meta.norm_offset
+
     def predict_crops(self, crops: np.ndarray,
                       flip_test: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Gray crops (N, S, S) uint8 -> points (N, K, 2) in crop pixels, scores (N,).
@@ -173,7 +178,7 @@ class LandmarkModel:
         n = len(crops)
         if n == 0:
             return np.zeros((0, self.meta.num_points, 2)), np.zeros(0)
-        x = crops.astype(np.float32)[:, None] * self.meta.norm_scale + self.meta.norm_offset
+        x = self.inputs(crops)
         if flip:
             x = np.concatenate([x, x[..., ::-1]])
         outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))

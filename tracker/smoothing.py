@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 #: Parameters at ``strength == 1`` (speed measured in face sizes per second). Chosen on the
-#: tracking test videos (README): against beta 5 / d_cutoff 1 they cut NME by 13-17 % (lag on
-#: moving faces) and jitter on still faces by up to 30 %; more smoothing adds more lag than it
-#: removes noise.
+#: tracking test videos (README): against beta 5 / d_cutoff 1 they cut NME by 12-17 % (lag on
+#: moving faces) and jitter on still faces by about a third on two of three videos (equal on
+#: the third); more smoothing adds more lag than it removes noise.
 BASE_MIN_CUTOFF = 1.0   # Hz
 BASE_BETA = 20.0        # Hz per (face size / s)
 BASE_D_CUTOFF = 4.0     # Hz
