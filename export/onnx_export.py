@@ -152,6 +152,25 @@ def set_metadata(proto, meta: ModelMeta) -> None:
     entry.key, entry.value = METADATA_KEY, meta.to_json()
 
 
+def held_out_metrics(model, datasets: list[str], val_fraction: float = 0.1
+                     ) -> tuple[dict[str, float | int], dict[str, float]]:
+    """Evaluate a runtime ``LandmarkModel`` on the held-out people of each dataset (as
+    ``fkp-eval --split val``). Returns the metadata metrics (``n/``, ``nme/``, ``mae/``,
+    ``failure_rate/`` per dataset name) and ``{dataset name: NME}``."""
+    from fkp.tracker.evaluate import evaluate
+
+    metrics: dict[str, float | int] = {}
+    nme: dict[str, float] = {}
+    for data in datasets:
+        name = Path(data).name
+        r = evaluate(model, data, split="val", val_fraction=val_fraction)
+        metrics[f"n/{name}"] = int(r["n"])
+        for k in ("nme", "mae", "failure_rate"):
+            metrics[f"{k}/{name}"] = round(float(r[k]), 4)
+        nme[name] = float(r["nme"])
+    return metrics, nme
+
+
 def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
     """A model card from the metadata (data, split, command, epochs, size, metrics, time)."""
     t, m = meta.training, meta.metrics
@@ -161,18 +180,25 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
     quant = (f"- quantized from `{q['from']}` by fkp-quantize: {q['method']}; calibration: "
              f"{q['calibration']}; float model: "
              f"{', '.join(f'{k} {v}' for k, v in q['float_metrics'].items())}\n") if q else ""
+    members = "".join(f"  - `{e['file']}` ({e['epochs']} epochs; "
+                      f"{', '.join(f'{k} {v}' for k, v in e['metrics'].items())}): "
+                      f"`{e['command']}`\n" for e in t.get("ensemble", []))
+    if members:
+        members = "- averages the outputs of these members (fkp-ensemble):\n" + members
+    chosen = "" if members else (" (chosen on validation: best or last epoch, BatchNorm\n"
+                                 "  statistics as trained or re-estimated)")
     text = f"""# {onnx_path.name}
 
 - architecture: `{meta.arch}`, input {meta.input_size}x{meta.input_size} gray,
   pixels `x * {meta.norm_scale:.6g} + {meta.norm_offset}`, crop margin {meta.crop_margin},
   {meta.num_points} points{', face score output' if meta.has_score else ''}; {mb:.1f} MB
-- training data: {', '.join(t['datasets'])} (research-only licences)
-- split: {t['split']}
-- epochs: {t['epochs']}, loss: {t['loss']}, training time: {t['train_seconds'] / 60:.1f} min
-- weights: {t.get('weights', '')} (chosen on validation: best or last epoch, BatchNorm
-  statistics as trained or re-estimated)
-- command: `{t['command']}`
-{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}
+- training data: {', '.join(t.get('datasets', ['not recorded']))} (research-only licences)
+- split: {t.get('split', 'not recorded')}
+- epochs: {t.get('epochs', '?')}, loss: {t.get('loss', '?')}, training time: \
+{t.get('train_seconds', 0.0) / 60:.1f} min
+- weights: {t.get('weights', '')}{chosen}
+- command: `{t.get('command', 'not recorded')}`
+{members}{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}
 
 ## Validation (person-wise held-out part of each dataset, crops from the true point box)
 

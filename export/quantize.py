@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from fkp.tracker.data import DatasetError, load_image, read_dataset, select_split
-from fkp.tracker.evaluate import evaluate
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 
-from .onnx_export import portable_path, set_metadata, write_card
+from .onnx_export import held_out_metrics, portable_path, set_metadata, write_card
 
 INT8_OPS = ["Conv", "Add", "Relu", "Resize", "MaxPool", "AveragePool"]
 
@@ -64,10 +63,23 @@ def calibration_inputs(model: LandmarkModel, datasets: list[str], count: int,
 
 
 def float_nodes(graph) -> list[str]:
-    """Names of the nodes to keep in float: the last convolution and everything after it."""
-    nodes = list(graph.node)
-    last_conv = max((i for i, n in enumerate(nodes) if n.op_type == "Conv"), default=-1)
-    return [n.name for n in nodes[max(last_conv, 0):]]
+    """Names of the nodes to keep in float: on every path, the last convolution and all
+    after it (the nodes with no convolution downstream). For one network that is its head;
+    for an fkp-ensemble graph, every member's head."""
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    feeds_conv: dict[str, bool] = {}      # node name -> some convolution strictly downstream
+
+    def downstream_conv(node) -> bool:
+        if node.name not in feeds_conv:
+            feeds_conv[node.name] = any(c.op_type == "Conv" or downstream_conv(c)
+                                        for o in node.output for c in consumers.get(o, []))
+        return feeds_conv[node.name]
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * len(graph.node) + 100))
+    return [n.name for n in graph.node if not downstream_conv(n)]
 
 
 def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
@@ -112,20 +124,15 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
         set_metadata(proto, meta)
         onnx.save(proto, str(tmp))
         quant = LandmarkModel(tmp, "cpu")
-        results, metrics = {}, {}
-        for data in datasets:
-            name = Path(data).name
-            a = evaluate(ref, data, split="val", val_fraction=val_fraction)
-            b = evaluate(quant, data, split="val", val_fraction=val_fraction)
-            results[name] = (a["nme"], b["nme"])
-            print(f"{name}: NME float {a['nme']:.3f} %, int8 {b['nme']:.3f} % "
-                  f"(n={b['n']} held-out faces)")
-            metrics[f"n/{name}"] = int(b["n"])
-            for k in ("nme", "mae", "failure_rate"):
-                metrics[f"{k}/{name}"] = round(float(b[k]), 4)
-            if b["nme"] > a["nme"] * (1 + max_loss / 100):
-                raise QuantizeError(f"int8 NME {b['nme']:.3f} % on {name} is more than "
-                                    f"{max_loss:g} % above the float model's {a['nme']:.3f} %")
+        _, before = held_out_metrics(ref, datasets, val_fraction)
+        metrics, after = held_out_metrics(quant, datasets, val_fraction)
+        results = {name: (before[name], after[name]) for name in before}
+        for name, (a, b) in results.items():
+            print(f"{name}: NME float {a:.3f} %, int8 {b:.3f} % "
+                  f"(n={metrics[f'n/{name}']} held-out faces)")
+            if b > a * (1 + max_loss / 100):
+                raise QuantizeError(f"int8 NME {b:.3f} % on {name} is more than "
+                                    f"{max_loss:g} % above the float model's {a:.3f} %")
         meta.metrics = metrics
         meta.training = dict(meta.training, quantization={
             "from": src.name, "method": "onnxruntime static QDQ, int8 per-channel weights, "

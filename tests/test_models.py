@@ -7,6 +7,7 @@ from fkp.train.models import create_model, list_models
 
 @pytest.mark.parametrize("name,size,k", [("nosetip", 64, 1), ("simple", 64, 68),
                                          ("fastnet", 64, 68), ("fastnet-deep", 64, 68),
+                                         ("fastnet-wide", 64, 68),
                                          ("resnet50", 64, 68)])
 def test_shapes(name, size, k):
     m = create_model(name, input_size=size).eval()
@@ -20,7 +21,8 @@ def test_shapes(name, size, k):
 
 
 def test_registry_lists_all_and_suggests():
-    assert set(list_models()) == {"nosetip", "simple", "resnet50", "fastnet", "fastnet-deep"}
+    assert set(list_models()) == {"nosetip", "simple", "resnet50", "fastnet", "fastnet-deep",
+                                 "fastnet-wide"}
     with pytest.raises(ValueError, match="did you mean fastnet"):
         create_model("fastnett")
     with pytest.raises(ValueError, match="known: fastnet"):

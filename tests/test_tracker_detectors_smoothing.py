@@ -29,6 +29,18 @@ def test_haar_finds_the_astronaut(astronaut_bgr):
     assert iou(lm, truth)[0, 0] > 0.75
 
 
+def test_haar_scan_twin_skips_only_the_smallest_faces(astronaut_bgr):
+    det = HaarDetector()
+    twin = det.for_scan()
+    assert (det.min_size, twin.min_size) == (24, 36) and twin.cascade is det.cascade
+    assert twin.scale_factor == det.scale_factor
+    gray = cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY)
+    full, quick = det.detect(gray), twin.detect(gray)
+    assert iou(quick[:1, :4], full[:1, :4])[0, 0] > 0.9      # the face, as the full scan
+    small = cv2.resize(gray, (160, 160), interpolation=cv2.INTER_AREA)   # a 32-px face:
+    assert len(det.detect(small)) >= 1 and len(twin.detect(small)) == 0  # full range only
+
+
 def test_no_face_gives_empty_array():
     out = HaarDetector().detect(np.full((240, 320), 90, np.uint8))
     assert out.shape == (0, 5)

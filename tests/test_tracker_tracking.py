@@ -151,3 +151,32 @@ def test_background_scan_finds_a_face_entering(tiny_model, astronaut_bgr):
                 break
         assert sorted(r.ids.tolist()) == [0, 1]
         assert tracker.stats["detections"] >= 2
+
+
+def test_periodic_scan_uses_the_cheaper_twin(tiny_model, astronaut_bgr):
+    """Scans with no face tracked run the thorough detector; periodic ones its ``for_scan``."""
+    from conftest import face_frame
+    from fkp.tracker.detectors import HaarDetector
+
+    calls: list[str] = []
+
+    class Recording(HaarDetector):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def detect(self, gray):
+            calls.append(self.name)
+            return super().detect(gray)
+
+        def for_scan(self):
+            return Recording("scan")
+
+    tracker = Tracker(tiny_model, device="cpu", threads=1, detector=Recording("full"),
+                      redetect_every=5, async_scan=False)
+    for i in range(12):
+        tracker.process(face_frame(astronaut_bgr, i))
+    blank = np.full_like(face_frame(astronaut_bgr, 0), 128)
+    tracker.process(blank)                   # the face is lost: full scan
+    tracker.process(blank)                   # nothing tracked: full scan
+    assert calls == ["full", "scan", "scan", "full", "full"]

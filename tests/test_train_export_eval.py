@@ -254,3 +254,55 @@ def test_eval_mirror_bias_recovers_a_label_offset(tmp_path):
     assert res["bias_px"][0] == pytest.approx(k / s - o * frac, abs=2e-3)
     assert res["bias_mirrored_px"][0] == pytest.approx(-k / s - o * frac, abs=2e-3)
     assert res["label_offset_x_px"] == pytest.approx(o * frac, abs=2e-3)
+
+
+def test_ensemble_known_answer_and_bad_members(tmp_path):
+    from fkp.tracker.runtime import LandmarkModel
+
+    data, shapes = write_folder(tmp_path / "d", n=6, people=3)
+    norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32
+    other = norm + np.array([0.04, -0.02])
+    constant_model(tmp_path / "a.onnx", norm)
+    constant_model(tmp_path / "b.onnx", other)
+    out = tmp_path / "e.onnx"
+    p = run("fkp.export.ensemble", str(tmp_path / "a.onnx"), str(tmp_path / "b.onnx"),
+            str(out), "--data", str(data), "--val-fraction", "0.5")
+    assert "ensemble" in p.stdout and out.exists()
+    m = LandmarkModel(out, "cpu")
+    pts, _ = m.predict_crops(np.random.default_rng(0).integers(0, 255, (3, 32, 32), np.uint8))
+    assert np.allclose(pts / 32, (norm + other) / 2, atol=1e-6)
+    assert m.meta.arch == "ensemble(const, const)" and len(m.meta.training["ensemble"]) == 2
+    assert m.meta.metrics["n/d"] >= 1
+    assert (tmp_path / "e.md").read_text().count("`a.onnx`") == 1
+    # members of another crop format, or a file that is no model: one line, exit 2
+    constant_model(tmp_path / "c48.onnx", norm, size=48)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 20)
+    for bad, why in ((tmp_path / "c48.onnx", "differ in input_size"), (junk, "cannot load")):
+        p = run("fkp.export.ensemble", str(tmp_path / "a.onnx"), str(bad),
+                str(tmp_path / "bad.onnx"), "--data", str(data), check=False)
+        assert p.returncode == 2 and p.stderr.startswith("fkp-ensemble: error:"), p.stderr
+        assert why in p.stderr and p.stderr.strip().count("\n") == 0
+        assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_ensemble_of_nets_keeps_every_head_in_float_when_quantized(trained):
+    from fkp.export.ensemble import ensemble
+    from fkp.export.quantize import float_nodes
+    from fkp.tracker.runtime import LandmarkModel
+
+    tmp, data, out = trained
+    net = tmp / "m.onnx"
+    run("fkp.export.onnx_export", str(out / "final.pt"), str(net), "--no-card")
+    ens = tmp / "ens.onnx"
+    ensemble([net, net], ens, [str(data)], val_fraction=0.34, card=False)
+    a, e = LandmarkModel(net, "cpu"), LandmarkModel(ens, "cpu")
+    crops = np.random.default_rng(1).integers(0, 255, (2, 64, 64), np.uint8)
+    (pa, sa), (pe, se) = a.predict_crops(crops), e.predict_crops(crops)
+    assert np.allclose(pa, pe, atol=1e-4) and np.allclose(sa, se, atol=1e-5)
+    graph = onnx.load(str(ens)).graph
+    heads = [n for n in graph.node if n.op_type == "Conv" and n.name in float_nodes(graph)]
+    assert sorted(n.name.split("/")[0] for n in heads) == ["m0", "m1"]
+    single = onnx.load(str(net)).graph
+    convs = [n.name for n in single.node if n.op_type == "Conv"]
+    assert [n for n in float_nodes(single) if n in convs] == convs[-1:]

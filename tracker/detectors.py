@@ -11,6 +11,7 @@ convention with fixed factors (:class:`BoxFactors`) measured by
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,9 @@ YUNET_FACTORS = BoxFactors(dx=0.0, dy=0.06, sx=1.0, sy=0.92)
 
 @runtime_checkable
 class Detector(Protocol):
-    """What the tracker needs from a face detector."""
+    """What the tracker needs from a face detector. A detector may also offer
+    ``for_scan() -> Detector``, a cheaper twin the tracker uses for its periodic scan for
+    new faces while it tracks some (as :meth:`HaarDetector.for_scan`)."""
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         """Gray frame (H, W) uint8 -> (N, 5) x0, y0, x1, y1, score in frame px, best first."""
@@ -105,6 +108,15 @@ class HaarDetector:
             raise DetectorError(f"cannot load Haar cascade {path}")
         self.max_side, self.min_size = max_side, min_size
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
+
+    def for_scan(self) -> "HaarDetector":
+        """A cheaper twin for the periodic new-face scan while faces are tracked: the same
+        cascade without the smallest scales (``min_size`` x1.5: 36 px in the 320-px working
+        image, faces of 72 px and more in a 640x480 frame), about 2/3 of the work. Scans
+        with no face tracked, after a loss or on request keep the full range."""
+        twin = copy.copy(self)
+        twin.min_size = round(self.min_size * 1.5)
+        return twin
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         small, s = _downscale(gray, self.max_side)

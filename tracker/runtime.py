@@ -85,9 +85,11 @@ def select_providers(device: str) -> list[str]:
 def default_cpu_threads() -> int:
     """onnxruntime threads when none are asked for: all cores but one, at most 2.
 
-    Batch-1 inference of the fast nets gains little from more threads (fastnet-int8: 1.46 ms
-    with one, 1.35 ms with two on this project's 2-core machine), and the free core decodes
-    video ahead, draws and runs the detector scan: 400 against 290-325 fps end to end there.
+    Batch-1 inference of the fast nets gains little from more threads (fastnet-128-int8: 1.46
+    ms with one, 1.35 ms with two on this project's 2-core machine), and the free core decodes
+    video ahead, draws and runs the detector scan: 400 against 290-325 fps end to end there
+    (the 160-px fastnet-int8 gains more from a second thread, 296-300 -> 314-342 fps, but
+    the Haar scan sharing its core slows by half).
     """
     return max(1, min(2, (os.cpu_count() or 1) - 1))
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .fastnet import FastNet, fastnet_deep
+from .fastnet import FastNet, fastnet_deep, fastnet_wide
 from .origin import NoseTipNet, SimpleNet
 from .resnet import aa_resnet50
 
@@ -22,6 +22,7 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet50": aa_resnet50,
     "fastnet": FastNet,
     "fastnet-deep": fastnet_deep,
+    "fastnet-wide": fastnet_wide,
 }
 
 

@@ -1,0 +1,168 @@
+"""``fkp-ensemble``: several fkp ONNX models of one crop format -> one model that averages them.
+
+The members' graphs are copied side by side into one ONNX graph (names prefixed ``m0/``,
+``m1/``, ...) that reads the shared ``image`` input once and returns the mean of their
+``points`` (B, K, 2) and, where they all have one, of their ``score`` (B,). The result is
+an ordinary fkp model: the tracker, ``fkp-eval`` and ``fkp-quantize`` take it as they take
+any other. Members must agree on input size, normalisation, crop margin and points.
+
+Averaging independently trained nets cancels part of their independent errors; the cost
+is one inference per member. The ensemble is evaluated on the held-out people of every
+``--data`` set (as ``fkp-eval --split val``), next to each member, and those figures go
+into its metadata and model card. Its face-score threshold is the mean of the members'.
+
+Example::
+
+    fkp-ensemble runs/a.onnx runs/b.onnx weights/fastnet2.onnx \\
+        --data ../shared/data/youtube-faces-68 ../shared/data/300w-train
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fkp.tracker.data import DatasetError
+from fkp.tracker.metadata import ModelMeta
+from fkp.tracker.runtime import LandmarkModel, ModelError, read_meta, resolve_model
+
+from .onnx_export import held_out_metrics, portable_path, set_metadata, write_card
+
+# metadata fields every member must share (the crop format and what comes out)
+SHARED = ("input_size", "num_points", "crop_margin", "norm_scale", "norm_offset",
+          "has_score", "point_indices")
+
+
+class EnsembleError(RuntimeError):
+    """The members cannot be combined; one-line message."""
+
+
+def merge_graphs(protos: list, output_names: list[str]):
+    """One ONNX model running every member on the shared input; outputs the mean of each
+    name in ``output_names`` over the members. Members need one input and the same opset."""
+    import onnx
+    from onnx import compose, helper
+
+    opsets = {tuple((o.domain, o.version) for o in p.opset_import) for p in protos}
+    if len(opsets) != 1:
+        raise EnsembleError("members use different ONNX opsets; re-export them with one "
+                            "fkp-export")
+    first = protos[0].graph.input[0]
+    nodes, inits, values = [], [], []
+    for i, p in enumerate(protos):
+        if len(p.graph.input) != 1:
+            raise EnsembleError(f"member {i} has {len(p.graph.input)} inputs, want 1")
+        g = compose.add_prefix(p, f"m{i}/").graph
+        nodes.append(helper.make_node("Identity", [first.name], [g.input[0].name],
+                                      name=f"m{i}/input"))
+        nodes += g.node
+        inits += g.initializer
+        values += g.value_info
+        names = {o.name for o in g.output}
+        missing = [n for n in output_names if f"m{i}/{n}" not in names]
+        if missing:
+            raise EnsembleError(f"member {i} lacks outputs {missing}")
+    outputs = []
+    for n in output_names:
+        nodes.append(helper.make_node("Mean", [f"m{i}/{n}" for i in range(len(protos))], [n],
+                                      name=f"mean/{n}"))
+        outputs.append(next(o for o in protos[0].graph.output if o.name == n))
+    graph = helper.make_graph(nodes, "fkp_ensemble", [first], outputs, inits,
+                              value_info=values)
+    model = helper.make_model(graph, opset_imports=list(protos[0].opset_import),
+                              producer_name="fkp-ensemble")
+    model.ir_version = protos[0].ir_version
+    onnx.checker.check_model(model)
+    return model
+
+
+def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: float = 0.1,
+             card: bool = True) -> dict[str, list[float]]:
+    """Write the averaging ensemble of ``members`` to ``out`` (atomically) with validation
+    metrics. Returns ``{dataset: [member NMEs..., ensemble NME]}``."""
+    import onnx
+
+    if len(members) < 2:
+        raise EnsembleError("an ensemble needs at least two models")
+    models = [LandmarkModel(m, "cpu") for m in members]
+    metas = [m.meta for m in models]
+    for f in SHARED:
+        values = [getattr(m, f) for m in metas]
+        if any(v != values[0] for v in values):
+            raise EnsembleError(f"members differ in {f}: {values}")
+    names = ["points", "score"] if metas[0].has_score else ["points"]
+    merged = merge_graphs([onnx.load(str(m.path)) for m in models], names)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        meta = ModelMeta(**{**vars(metas[0]), "metrics": {}})
+        meta.arch = "ensemble(" + ", ".join(m.arch for m in metas) + ")"
+        meta.score_threshold = float(np.mean([m.score_threshold for m in metas]))
+        set_metadata(merged, meta)
+        onnx.save(merged, str(tmp))
+        joint = LandmarkModel(tmp, "cpu")
+        results: dict[str, list[float]] = {}
+        member_nme = [held_out_metrics(m, datasets, val_fraction)[1] for m in models]
+        meta.metrics, nme = held_out_metrics(joint, datasets, val_fraction)
+        for name in nme:
+            results[name] = [mn[name] for mn in member_nme] + [nme[name]]
+            print(f"{name}: NME members {', '.join(f'{v:.3f}' for v in results[name][:-1])} "
+                  f"%, ensemble {nme[name]:.3f} %")
+        command = shlex.join(["fkp-ensemble", *(portable_path(str(m.path)) for m in models),
+                              portable_path(str(out)), "--data",
+                              *(portable_path(d) for d in datasets)])
+        meta.training = dict(
+            metas[0].training, command=command, weights=f"mean of {len(models)} members",
+            loss=" / ".join(dict.fromkeys(str(m.training.get("loss", "?")) for m in metas)),
+            epochs=sum(m.training.get("epochs", 0) for m in metas),
+            train_seconds=sum(m.training.get("train_seconds", 0.0) for m in metas),
+            ensemble=[{"file": m.path.name, "command": mt.training.get("command"),
+                       "epochs": mt.training.get("epochs"),
+                       "metrics": {f"nme/{k}": round(v, 4) for k, v in mn.items()}}
+                      for m, mt, mn in zip(models, metas, member_nme)])
+        set_metadata(merged, meta)
+        onnx.save(merged, str(tmp))
+        read_meta(LandmarkModel(tmp, "cpu").session)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if card:
+        write_card(out.with_suffix(".md"), meta, out)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fkp-ensemble", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("Example::")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="two or more fkp .onnx models (paths or shipped "
+                   "names), then the output .onnx path")
+    p.add_argument("--data", nargs="+", required=True,
+                   help="labelled datasets: the ensemble and its members are evaluated on "
+                        "their held-out people")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="the split's held-out fraction, as given to fkp-train (default 0.1)")
+    p.add_argument("--no-card", action="store_true", help="do not write OUT.md")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    if len(args.models) < 3:
+        p.error("give at least two models and the output path")
+    *members, out = args.models
+    try:
+        ensemble([resolve_model(m, "cpu") for m in members], Path(out), args.data,
+                 args.val_fraction, card=not args.no_card)
+    except (EnsembleError, ModelError, DatasetError, OSError) as exc:
+        print(f"fkp-ensemble: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
