@@ -77,7 +77,11 @@ def merge_graphs(protos: list, output_names: list[str]):
     model = helper.make_model(graph, opset_imports=list(protos[0].opset_import),
                               producer_name="fkp-ensemble")
     model.ir_version = protos[0].ir_version
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise EnsembleError(f"the merged graph is invalid: {str(exc).splitlines()[0][:200]}") \
+            from None
     return model
 
 
