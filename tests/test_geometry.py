@@ -102,3 +102,22 @@ def test_points_follow_pixels_through_every_augmentation():
 def test_label_offset_stays_in_image_axes_under_the_mirror():
     """Labels drawn 1.5 px right of the marks: the offset is not mirrored with the face."""
     _marks_found_through_augmentation(np.array([1.5, 0.0]), seed=5)
+
+
+def test_occlusion_paints_one_rectangle_and_keeps_the_points():
+    """--occlusion: the crop changes inside one rectangle of the configured size only; the
+    targets stay where the face is (hidden points are still learned)."""
+    from fkp.train.dataset import AugmentConfig, FaceDataset
+
+    img, pts = _marked_image()
+    still = dict(shift=0, scale=(1, 1), aspect=0, rotation=0, flip=0, brightness=0, contrast=0,
+                 saturation=0, hue=0, blur=0, noise=0)
+    for seed in range(8):       # fresh datasets: the same random draws up to the occlusion
+        g0, p0, _ = FaceDataset([img], pts[None], 160, 0.25, augment=AugmentConfig(**still),
+                                seed=seed).sample(0)
+        g1, p1, _ = FaceDataset([img], pts[None], 160, 0.25, seed=seed,
+                                augment=AugmentConfig(**still, occlusion=1.0)).sample(0)
+        assert np.array_equal(p0, p1)
+        ys, xs = np.nonzero(g0 != g1)
+        assert len(ys) > 0
+        assert ys.max() - ys.min() < 0.45 * 160 + 1 and xs.max() - xs.min() < 0.45 * 160 + 1

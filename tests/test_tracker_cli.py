@@ -145,6 +145,12 @@ def test_two_sources_is_usage_error(capsys, face_video):
     assert exc.value.code == 2
 
 
+def _default_sigint() -> None:
+    """A shell without job control starts background jobs with SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler; the child must see Ctrl-C however pytest was run."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_run_keeps_complete_rows(tmp_path, tiny_model, long_video, sig):
     csv_path = tmp_path / "run.csv"
@@ -152,7 +158,7 @@ def test_interrupted_run_keeps_complete_rows(tmp_path, tiny_model, long_video, s
         [sys.executable, "-m", "fkp.tracker.cli", "--video", str(long_video), "--model",
          str(tiny_model), "--no-display", "--csv", str(csv_path), "--threads", "1",
          "--redetect-every", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 30
     while time.time() < deadline:
         if csv_path.exists() and len(csv_path.read_bytes().splitlines()) > 20:

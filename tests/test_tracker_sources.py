@@ -44,6 +44,21 @@ def test_prefetching_video_stops_its_thread_when_the_consumer_stops(face_video):
     assert not any(t.name == "video-decode" for t in threading.enumerate())
 
 
+def test_closing_a_video_under_a_suspended_iterator_stops_the_decoder_first(face_video):
+    """fkp-bench closes the source while its iterator is still suspended; releasing the
+    capture under the decoder's read() deadlocked OpenCV (a CI run hung here)."""
+    src = open_source(face_video, prefetch=2)
+    it = iter(src)
+    next(it)
+    time.sleep(0.05)                                   # the decoder is now blocked on a full queue
+    closer = threading.Thread(target=src.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "close() hung"
+    assert not any(t.name == "video-decode" for t in threading.enumerate())
+    it.close()                                         # and the iterator still ends cleanly
+
+
 @pytest.mark.parametrize("prefetch", [0, 3])
 def test_truncated_video_keeps_frames_and_warns(face_video, tmp_path, caplog, prefetch):
     data = face_video.read_bytes()
@@ -141,6 +156,39 @@ def test_camera_keeps_only_newest_frame_and_stops_cleanly():
     src.close()
     assert not src._thread.is_alive() and fake.released.is_set()
     assert src._thread.daemon
+
+
+def test_camera_close_never_releases_under_a_blocked_read():
+    """A camera stuck in read() (USB hiccup): close() returns, and the capture is released by
+    the reader once its read returns, never while it is inside it."""
+    class Stuck(FakeCapture):
+        def __init__(self):
+            super().__init__(0)
+            self.gate, self.reading, self.overlap = threading.Event(), False, False
+
+        def read(self):
+            self.reading = True
+            if self.n >= 2:
+                self.gate.wait(10)                    # blocks until the test opens the gate
+            out = super().read()
+            self.reading = False
+            return out
+
+        def release(self):
+            self.overlap |= self.reading
+            super().release()
+
+    fake = Stuck()
+    src = CameraSource(0, capture_factory=lambda i: fake)
+    deadline = time.monotonic() + 5
+    while not (fake.n >= 2 and fake.reading) and time.monotonic() < deadline:
+        time.sleep(0.005)                              # until the reader is stuck in read()
+    t0 = time.monotonic()
+    src.close()
+    assert time.monotonic() - t0 < 5 and not fake.released.is_set()
+    fake.gate.set()
+    src._thread.join(timeout=5)
+    assert fake.released.is_set() and not fake.overlap
 
 
 def test_camera_that_stops_delivering_ends_stream():

@@ -112,6 +112,7 @@ class VideoSource(Source):
             self._cap.release()
             raise SourceError(f"video {p} has no readable frames (truncated or corrupt file?)")
         self._first: np.ndarray | None = first
+        self._reader: tuple[threading.Thread | None, threading.Event] = (None, threading.Event())
         self.fps = _valid_fps(self._cap.get(cv2.CAP_PROP_FPS))
         n = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(n) if n and math.isfinite(n) and n > 0 else -1
@@ -168,9 +169,18 @@ class VideoSource(Source):
             put(done)
 
         thread = threading.Thread(target=reader, name="video-decode", daemon=True)
+        self._reader = (thread, stop)            # close() stops it before releasing the file
         thread.start()
         try:
-            while (item := frames.get()) is not done:
+            while True:
+                try:
+                    item = frames.get(timeout=0.2)
+                except queue.Empty:
+                    if thread.is_alive() or not frames.empty():
+                        continue
+                    return                       # stopped by close() from elsewhere
+                if item is done:
+                    return
                 if isinstance(item, Exception):
                     raise item
                 yield item
@@ -187,6 +197,13 @@ class VideoSource(Source):
             self.close()
 
     def close(self) -> None:
+        """Stop the decoder thread (if any), then release the file. Releasing a capture while
+        another thread is inside its ``read()`` can deadlock OpenCV, so the order matters: a
+        caller may close the source while a prefetching iterator is still suspended."""
+        thread, stop = self._reader
+        if thread is not None and thread is not threading.current_thread():
+            stop.set()
+            thread.join()
         self._cap.release()
 
 
@@ -241,6 +258,7 @@ class CameraSource(Source):
         self.frame_timeout = frame_timeout
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._release_lock, self._released = threading.Lock(), False
         self._frame: np.ndarray | None = None
         self._count = 0                  # frames grabbed so far
         self._stamp = 0.0
@@ -259,23 +277,33 @@ class CameraSource(Source):
 
     def _reader(self) -> None:
         failures = 0
-        while not self._stop.is_set():
-            ok, frame = self._cap.read()
-            now = time.monotonic()
-            if not ok or frame is None:
-                failures += 1
-                if failures >= 50:
-                    break
-                time.sleep(0.01)
-                continue
-            failures = 0
+        try:
+            while not self._stop.is_set():
+                ok, frame = self._cap.read()
+                now = time.monotonic()
+                if not ok or frame is None:
+                    failures += 1
+                    if failures >= 50:
+                        break
+                    time.sleep(0.01)
+                    continue
+                failures = 0
+                with self._cond:
+                    self._frame, self._stamp = frame, now
+                    self._count += 1
+                    self._cond.notify_all()
+        finally:
             with self._cond:
-                self._frame, self._stamp = frame, now
-                self._count += 1
+                self._ended = True
                 self._cond.notify_all()
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
+            if self._stop.is_set():      # close() gave up waiting for a blocked read()
+                self._release()
+
+    def _release(self) -> None:
+        with self._release_lock:
+            if not self._released:
+                self._released = True
+                self._cap.release()
 
     def __iter__(self) -> Iterator[Frame]:
         last = 0
@@ -299,7 +327,13 @@ class CameraSource(Source):
             self._cond.notify_all()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)
-        self._cap.release()
+        # never release under a read() in progress (OpenCV can deadlock): a reader still
+        # blocked in read() releases the camera itself when the read returns
+        if not self._thread.is_alive() or self._thread is threading.current_thread():
+            self._release()
+        else:
+            log.warning("camera %d: read() still blocked after 2 s; it is released when the "
+                        "read returns", self.index)
 
 
 def _is_glob(text: str) -> bool:

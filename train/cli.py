@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of people (groups) held out; the split is fixed")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--occlusion", type=float, default=0.0, metavar="P",
+                   help="probability of painting a random rectangle over a training crop "
+                        "(robustness to hands and objects; default 0 = off)")
     p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training crops before every "
                         "validation (default 0 = off; the final weights always try both)")
@@ -67,7 +70,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--max-steps", type=int, default=0, help="limit steps per epoch (smoke runs)")
     p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.occlusion <= 1.0:
+        p.error(f"--occlusion must be a probability in [0, 1], not {args.occlusion}")
+    return args
 
 
 def final_outputs(trainer) -> dict:

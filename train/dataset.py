@@ -42,6 +42,8 @@ class AugmentConfig:
     hue: float = 10.0          # +- OpenCV hue units (0-179)
     blur: float = 0.15         # probability of a small Gaussian blur
     noise: float = 4.0         # max std of Gaussian pixel noise (0-255 scale)
+    occlusion: float = 0.0     # probability of one random occluding rectangle
+    occlusion_size: tuple[float, float] = (0.15, 0.45)   # its sides, fraction of the crop
 
 
 def normalise(gray: np.ndarray, scale: float = 1 / 255.0, offset: float = -0.5) -> np.ndarray:
@@ -108,7 +110,22 @@ class FaceDataset(Dataset):
             g = cv2.GaussianBlur(g, (0, 0), r.uniform(0.5, 1.2))
         if a.noise > 0:
             g += r.normal(0, r.uniform(0, a.noise), g.shape).astype(np.float32)
+        if r.random() < a.occlusion:
+            self.occlude(g)
         return np.clip(g, 0, 255).astype(np.uint8)
+
+    def occlude(self, g: np.ndarray) -> None:
+        """Paint one random rectangle (flat grey or noise) over the (S, S) crop, in place.
+
+        Points keep their targets: the net learns to place hidden points from the visible face
+        (hands, microphones, other faces in front)."""
+        a, r, s = self.aug, self.rng, g.shape[0]
+        h, w = (r.uniform(*a.occlusion_size, size=2) * s).astype(int) + 1
+        y, x = r.integers(0, s - h + 1), r.integers(0, s - w + 1)
+        if r.random() < 0.5:
+            g[y:y + h, x:x + w] = r.uniform(0, 255)
+        else:
+            g[y:y + h, x:x + w] = r.normal(r.uniform(40, 215), r.uniform(5, 40), (h, w))
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(gray crop (S, S) uint8, points (68, 2) crop pixels, matrix (2, 3))."""
