@@ -14,7 +14,7 @@ def test_auto_prefers_the_int8_fast_net_on_cpu(tmp_path, monkeypatch):
     assert runtime.resolve_model("fastnet", "cpu").name == "fastnet.onnx"
 
 
-def test_default_threads_leave_a_core_free(monkeypatch):
-    for cores, want in ((1, 1), (2, 1), (3, 2), (16, 2), (None, 1)):
+def test_default_threads_are_the_cores_at_most_two(monkeypatch):
+    for cores, want in ((1, 1), (2, 2), (3, 2), (16, 2), (None, 1)):
         monkeypatch.setattr(runtime.os, "cpu_count", lambda c=cores: c)
         assert runtime.default_cpu_threads() == want

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also run each crop mirrored and average: twice the inference time, "
                          "lower error")
     ap.add_argument("--threads", type=int, metavar="N",
-                    help="onnxruntime CPU threads (default: all cores but one, at most 2)")
+                    help="onnxruntime CPU threads (default: the cores, at most 2)")
     ap.add_argument("--async-detect", action="store_true",
                     help="periodic new-face scan on a worker thread, as fkp-track does for "
                          "cameras (default: in the frame loop, as it does for video files)")

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "path; auto = fastnet-int8 on CPU, resnet50 on GPU (default: auto)")
     m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     m.add_argument("--threads", type=int, metavar="N",
-                   help="onnxruntime CPU threads (default: all cores but one, at most 2)")
+                   help="onnxruntime CPU threads (default: the cores, at most 2)")
     m.add_argument("--flip-test", action="store_true",
                    help="also run each crop mirrored and average: twice the inference time, "
                         "lower error")

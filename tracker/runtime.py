@@ -83,15 +83,16 @@ def select_providers(device: str) -> list[str]:
 
 
 def default_cpu_threads() -> int:
-    """onnxruntime threads when none are asked for: all cores but one, at most 2.
+    """onnxruntime threads when none are asked for: the cores, at most 2 (sessions are made
+    with spinning off, see :class:`LandmarkModel`).
 
-    Batch-1 inference of the fast nets gains little from more threads (fastnet-128-int8: 1.46
-    ms with one, 1.35 ms with two on this project's 2-core machine), and the free core decodes
-    video ahead, draws and runs the detector scan: 400 against 290-325 fps end to end there
-    (the 160-px fastnet-int8 gains more from a second thread, 296-300 -> 314-342 fps, but
-    the Haar scan sharing its core slows by half).
+    Batch-1 inference of the fast nets gains little from more than two threads. Measured end to
+    end on this project's 2-core machine (ytf1, 640x480): 2 threads without spinning 326-335
+    fps (fastnet-int8) and 409-421 fps (fastnet-128-int8), against 294-301 / 388-393 with one
+    thread and 310-321 with two spinning threads, whose busy-waiting slows the Haar scan that
+    shares the second core by half.
     """
-    return max(1, min(2, (os.cpu_count() or 1) - 1))
+    return max(1, min(2, os.cpu_count() or 1))
 
 
 def read_meta(session) -> ModelMeta:
@@ -120,6 +121,9 @@ class LandmarkModel:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         opts.intra_op_num_threads = threads or default_cpu_threads()
+        # idle pool threads sleep instead of busy-waiting for the next run: the frame loop's
+        # other work (decode, Haar scan, drawing) gets the cores between inferences
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises several types for a bad file
