@@ -110,7 +110,7 @@ class FaceDataset(Dataset):
             g = cv2.GaussianBlur(g, (0, 0), r.uniform(0.5, 1.2))
         if a.noise > 0:
             g += r.normal(0, r.uniform(0, a.noise), g.shape).astype(np.float32)
-        if r.random() < a.occlusion:
+        if a.occlusion > 0 and r.random() < a.occlusion:    # (off: the RNG stream as before)
             self.occlude(g)
         return np.clip(g, 0, 255).astype(np.uint8)
 
