@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,9 +28,9 @@ import numpy as np
 
 from fkp.tracker.data import DatasetError
 from fkp.tracker.metadata import ModelMeta
-from fkp.tracker.runtime import LandmarkModel, ModelError, read_meta, resolve_model
+from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 
-from .onnx_export import held_out_metrics, portable_path, set_metadata, write_card
+from .onnx_export import held_out_metrics, portable_path, publish, set_metadata
 
 # metadata fields every member must share (the crop format and what comes out)
 SHARED = ("input_size", "num_points", "crop_margin", "norm_scale", "norm_offset",
@@ -130,14 +129,9 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
                        "epochs": mt.training.get("epochs"),
                        "metrics": {f"nme/{k}": round(v, 4) for k, v in mn.items()}}
                       for m, mt, mn in zip(models, metas, member_nme)])
-        set_metadata(merged, meta)
-        onnx.save(merged, str(tmp))
-        read_meta(LandmarkModel(tmp, "cpu").session)
-        os.replace(tmp, out)
+        publish(merged, meta, tmp, out, card)
     finally:
         tmp.unlink(missing_ok=True)
-    if card:
-        write_card(out.with_suffix(".md"), meta, out)
     return results
 
 

@@ -152,6 +152,22 @@ def set_metadata(proto, meta: ModelMeta) -> None:
     entry.key, entry.value = METADATA_KEY, meta.to_json()
 
 
+def publish(proto, meta: ModelMeta, tmp: Path, out: Path, card: bool = True) -> None:
+    """The last step of fkp-quantize and fkp-ensemble: ``proto`` with its final ``meta``
+    saved to ``tmp``, checked to load in the runtime with that metadata, then moved over
+    ``out`` in one step (never a half-written model); ``OUT.md`` beside it with ``card``."""
+    import onnx
+
+    from fkp.tracker.runtime import LandmarkModel
+
+    set_metadata(proto, meta)
+    onnx.save(proto, str(tmp))
+    LandmarkModel(tmp, "cpu")
+    os.replace(tmp, out)
+    if card:
+        write_card(out.with_suffix(".md"), meta, out)
+
+
 def held_out_metrics(model, datasets: list[str], val_fraction: float = 0.1
                      ) -> tuple[dict[str, float | int], dict[str, float]]:
     """Evaluate a runtime ``LandmarkModel`` on the held-out people of each dataset (as

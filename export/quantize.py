@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +33,7 @@ from fkp.tracker.data import DatasetError, load_image, read_dataset, select_spli
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 
-from .onnx_export import held_out_metrics, portable_path, set_metadata, write_card
+from .onnx_export import held_out_metrics, portable_path, publish, set_metadata
 
 INT8_OPS = ["Conv", "Add", "Relu", "Resize", "MaxPool", "AveragePool"]
 
@@ -140,13 +139,9 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
             "calibration": f"{len(inputs)} training-people crops of "
                            f"{', '.join(portable_path(d) for d in datasets)}",
             "float_metrics": {f"nme/{k}": round(v[0], 4) for k, v in results.items()}})
-        set_metadata(proto, meta)
-        onnx.save(proto, str(tmp))
-        os.replace(tmp, out)
+        publish(proto, meta, tmp, out, card)
     finally:
         tmp.unlink(missing_ok=True)
-    if card:
-        write_card(out.with_suffix(".md"), meta, out)
     return results
 
 
