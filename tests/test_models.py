@@ -8,7 +8,8 @@ from fkp.train.models import create_model, list_models
 @pytest.mark.parametrize("name,size,k", [("nosetip", 64, 1), ("simple", 64, 68),
                                          ("fastnet", 64, 68), ("fastnet-deep", 64, 68),
                                          ("fastnet-wide", 64, 68),
-                                         ("resnet50", 64, 68)])
+                                         ("resnet50", 64, 68),
+                                         ("resnet50-heatmap", 64, 68)])
 def test_shapes(name, size, k):
     m = create_model(name, input_size=size).eval()
     with torch.no_grad():
@@ -21,12 +22,33 @@ def test_shapes(name, size, k):
 
 
 def test_registry_lists_all_and_suggests():
-    assert set(list_models()) == {"nosetip", "simple", "resnet50", "fastnet", "fastnet-deep",
-                                 "fastnet-wide"}
+    assert set(list_models()) == {"nosetip", "simple", "resnet50", "resnet50-heatmap",
+                                 "fastnet", "fastnet-deep", "fastnet-wide"}
     with pytest.raises(ValueError, match="did you mean fastnet"):
         create_model("fastnett")
     with pytest.raises(ValueError, match="known: fastnet"):
         create_model("zzzz")
+
+
+def test_heatmap_nets_need_a_multiple_of_32():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        create_model("resnet50-heatmap", input_size=112)
+
+
+@pytest.mark.parametrize("name", ["fastnet", "resnet50-heatmap"])
+def test_bf16_autocast_keeps_soft_argmax_in_float32(name):
+    """fkp-train --bf16: convolutions in bfloat16 (channels last), the soft-argmax in float32
+    (bfloat16 coordinates would be quantised to about 0.3 px of a 160-px crop)."""
+    torch.manual_seed(0)
+    m = create_model(name, input_size=64).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m(x)
+    for key in ("points", "score", "heatmaps"):
+        assert low[key].dtype == torch.float32, key
+    assert (low["points"] - ref["points"]).abs().max() < 0.01
 
 
 def test_precise_bn_replaces_stale_statistics(tmp_path):

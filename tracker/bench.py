@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--async-detect", action="store_true",
                     help="periodic new-face scan on a worker thread, as fkp-track does for "
                          "cameras (default: in the frame loop, as it does for video files)")
+    ap.add_argument("--always-scan", action="store_true",
+                    help="run every periodic scan, also when nothing changed outside the "
+                         "tracked faces since the last one (as fkp-track --always-scan)")
     ap.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
                     help="face detector for (re)starting tracks (default: haar)")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
@@ -243,7 +246,8 @@ def bench(args) -> dict:
             check_writable(p)
     tracker = Tracker(args.model, args.device, args.detector,
                       redetect_every=args.redetect_every, threads=args.threads,
-                      async_scan=args.async_detect, flip_test=args.flip_test)
+                      async_scan=args.async_detect, flip_test=args.flip_test,
+                      scan_gate=not args.always_scan)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)
@@ -261,7 +265,9 @@ def bench(args) -> dict:
     out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
-           "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads()}
+           "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads(),
+           "detector_runs": tracker.stats["detections"],
+           "scans_skipped": tracker.stats["scans_skipped"]}
     if args.vs == "dlib" or args.dlib_csv:
         from .dlib_loop import DlibUnavailable
 

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--redetect-every", type=int, default=30, metavar="N",
                    help="run the detector every N frames to catch new faces; 0: only when a "
                         "face is lost (default: 30)")
+    m.add_argument("--always-scan", action="store_true",
+                   help="run every periodic scan; by default one is skipped when nothing "
+                        "changed outside the tracked faces since the last scan")
     m.add_argument("--max-faces", type=int, default=4, metavar="N", help="(default: 4)")
     scan = m.add_mutually_exclusive_group()
     scan.add_argument("--sync-detect", action="store_true",
@@ -179,7 +182,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
                           threads=args.threads, async_scan=async_scan(args, kind),
-                          flip_test=args.flip_test)
+                          flip_test=args.flip_test, scan_gate=not args.always_scan)
         if source is None:
             source = open_source(spec, kind, prefetch=args.prefetch)
     except BaseException:

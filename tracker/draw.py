@@ -80,7 +80,7 @@ def draw_contours(image: np.ndarray, points: np.ndarray, color=CONTOUR_COLOR,
 def draw_result(image: np.ndarray, result, contours: bool = False, ids: bool = True,
                 boxes: bool = False, antialias: bool = False,
                 indices: list[int] | None = None) -> np.ndarray:
-    """Draw every face of a :class:`~fkp.tracker.tracking.FrameResult` (points, contours,
+    """Draw every face of a :class:`~fkp.tracker.results.FrameResult` (points, contours,
     ``#id score`` label above the face, optional box)."""
     line = cv2.LINE_AA if antialias else cv2.LINE_8
     for fid, score, pts, box in zip(result.ids, result.scores, result.points, result.boxes):

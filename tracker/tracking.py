@@ -16,9 +16,10 @@ Per frame:
    frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
    :meth:`Tracker.request_detection`. The periodic scan for new faces uses the detector's
    cheaper ``for_scan`` twin where it has one (Haar: no faces under 72 px in a 640x480
-   frame, 0.8 -> 0.5 ms per frame on average); with ``async_scan`` it runs on a worker
-   thread so it never stalls the frame loop, and its faces join a few frames later through
-   the same refinement. Detection when no face is tracked, after a loss or on
+   frame, 0.8 -> 0.5 ms per frame on average) and is skipped where nothing changed outside
+   the tracked faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``);
+   with ``async_scan`` it runs on a worker thread so it never stalls the frame loop, and its
+   faces join a few frames later through the same refinement. Detection when no face is tracked, after a loss or on
    request is synchronous. Detector boxes are mapped to landmark boxes
    (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
    a two-pass refinement: model on the landmark box, then on the box of those points (one
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
@@ -46,55 +47,15 @@ import numpy as np
 from .detectors import Detector, iou, make_detector
 from .geometry import apply_affine, box_from_points, invert_affine, roll_angle
 from .runtime import LandmarkModel
+from .results import Face, FrameResult, empty_points
+from .scangate import ChangeGate
 from .smoothing import OneEuroFilter
 
+__all__ = ["Face", "FrameResult", "STAGES", "Tracker", "as_image", "to_gray"]
 log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
-
-
-@dataclass(frozen=True)
-class Face:
-    """One tracked face: ``points`` (K, 2) frame px (smoothed), ``box`` (4,) x0, y0, x1, y1."""
-
-    id: int
-    score: float
-    points: np.ndarray
-    box: np.ndarray
-
-
-def _empty_points(k: int) -> np.ndarray:
-    return np.zeros((0, k, 2), np.float64)
-
-
-@dataclass
-class FrameResult:
-    """Everything found in one frame; arrays are never None (N = 0 when no face).
-
-    ``ids`` (N,) int64 track ids (stable while a face is tracked, new after a loss);
-    ``points`` (N, K, 2) float64 frame px, smoothed; ``raw_points`` the same unsmoothed;
-    ``scores`` (N,) float64; ``boxes`` (N, 4) tight box of ``points`` (x0, y0, x1, y1);
-    ``detected``: the detector ran on this frame.
-    """
-
-    index: int
-    timestamp_ms: float
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    points: np.ndarray = field(default_factory=lambda: _empty_points(68))
-    raw_points: np.ndarray = field(default_factory=lambda: _empty_points(68))
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
-    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
-    detected: bool = False
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def faces(self) -> list[Face]:
-        """Per-face view of the arrays."""
-        return [Face(int(i), float(s), p, b)
-                for i, s, p, b in zip(self.ids, self.scores, self.points, self.boxes)]
 
 
 @dataclass
@@ -151,6 +112,8 @@ class Tracker:
     every detection synchronous, so a video gives the same output on every run.
     ``flip_test``: average each crop's prediction with its mirror image's (twice the
     inference work; see :class:`~fkp.tracker.runtime.LandmarkModel`).
+    ``scan_gate``: skip a periodic scan when nothing changed outside the tracked faces since
+    the last one (default; False scans every ``redetect_every`` frames regardless).
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
@@ -158,7 +121,8 @@ class Tracker:
                  redetect_every: int = 30, max_faces: int = 4,
                  score_threshold: float | None = None, threads: int | None = None,
                  iou_threshold: float = 0.3, async_scan: bool = True,
-                 min_detection_score: float | None = None, flip_test: bool = False) -> None:
+                 min_detection_score: float | None = None, flip_test: bool = False,
+                 scan_gate: bool = True) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
@@ -171,6 +135,7 @@ class Tracker:
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
         self.iou_threshold = iou_threshold
         self.async_scan = async_scan
+        self.gate = ChangeGate() if scan_gate else None
         self._pool: ThreadPoolExecutor | None = None
         self._scan: Future | None = None
         meta = self.model.meta
@@ -207,7 +172,9 @@ class Tracker:
             self._scan.result()                 # let a running scan end, then drop it
         self._scan = None
         self._t0: float | None = None
-        self.stats = {"frames": 0, "detections": 0, "model_calls": 0,
+        if getattr(self, "gate", None) is not None:
+            self.gate.reset()
+        self.stats = {"frames": 0, "detections": 0, "scans_skipped": 0, "model_calls": 0,
                       "tracks_started": 0, "tracks_lost": 0}
 
     def close(self) -> None:
@@ -259,11 +226,15 @@ class Tracker:
             self._start_tracks(image, w, h, dets)
             detected = True
         if due and (len(self._tracks) < self.max_faces or self._detect_requested):
-            if urgent or not self.async_scan:
+            if not urgent and self._scan is None and not self._gate_open(image):
+                self._since_detect = 0           # nothing new can be there: skip this scan
+            elif urgent or not self.async_scan:
                 scanner = self.detector if urgent else self.scan_detector
                 self._start_tracks(image, w, h, self._run_detector(to_gray(image), scanner))
+                self._gate_scanned(image)
                 detected = True
             elif self._scan is None:             # (while a scan runs, nothing to convert)
+                self._gate_scanned(image)
                 gray = to_gray(image)
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="fkp-scan")
@@ -343,6 +314,28 @@ class Tracker:
         self._tracks = kept
         return n_lost > 0
 
+    def _gate_open(self, image: np.ndarray) -> bool:
+        """The change gate's verdict for a periodic scan (timed as ``detect``)."""
+        if self.gate is None:
+            return True
+        t0 = time.perf_counter()
+        ok = self.gate.should_scan(image, self._boxes())
+        self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+        self.stats["scans_skipped"] += not ok
+        return ok
+
+    def _gate_scanned(self, image: np.ndarray) -> None:
+        """Tell the change gate that this frame was scanned (timed as ``detect``)."""
+        if self.gate is not None:
+            t0 = time.perf_counter()
+            self.gate.scanned(image, self._boxes())
+            self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+
+    def _boxes(self) -> np.ndarray:
+        """Landmark boxes (N, 4) of the live tracks, frame px."""
+        return box_from_points(np.stack([t.points for t in self._tracks])) if self._tracks \
+            else np.zeros((0, 4))
+
     def _run_detector(self, gray: np.ndarray, detector: Detector | None = None) -> np.ndarray:
         """Synchronous detection with ``detector`` (default: the thorough one): (N, 5)
         detector boxes, timed as ``detect``."""
@@ -392,8 +385,8 @@ class Tracker:
     def _result(self, index: int, timestamp_ms: float, detected: bool) -> FrameResult:
         k = self.num_points
         if not self._tracks:
-            return FrameResult(index, timestamp_ms, points=_empty_points(k),
-                               raw_points=_empty_points(k), detected=detected)
+            return FrameResult(index, timestamp_ms, points=empty_points(k),
+                               raw_points=empty_points(k), detected=detected)
         raw = np.stack([t.points for t in self._tracks])
         out = raw.copy()
         for i, t in enumerate(self._tracks):

@@ -114,7 +114,7 @@ class CsvWriter(_TextWriter):
         self._emit(f"frame,timestamp_ms,face,score,{cols}\n")
 
     def write(self, result) -> None:
-        """Append the rows of one :class:`~fkp.tracker.tracking.FrameResult`."""
+        """Append the rows of one :class:`~fkp.tracker.results.FrameResult`."""
         if not len(result.ids):
             return
         buf = io.StringIO()

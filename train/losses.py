@@ -47,9 +47,10 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def total_loss(out: dict[str, torch.Tensor], target: torch.Tensor, kind: str, size: int,
                heatmap_weight: float = 1.0, grid: torch.Tensor | None = None,
                sigma: float = 1.0) -> torch.Tensor:
-    """Coordinate loss, plus the DSNT heatmap regulariser for models with heatmaps."""
-    loss = coord_loss(out["points"], target, kind, size)
+    """Coordinate loss, plus the DSNT heatmap regulariser for models with heatmaps
+    (in float32, also for outputs computed under bfloat16 autocast)."""
+    loss = coord_loss(out["points"].float(), target, kind, size)
     if "heatmaps" in out and heatmap_weight > 0 and grid is not None:
         loss = loss + heatmap_weight * js_divergence(
-            out["heatmaps"], gaussian_targets(target, grid, sigma))
+            out["heatmaps"].float(), gaussian_targets(target, grid, sigma))
     return loss

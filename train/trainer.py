@@ -124,6 +124,9 @@ class Trainer:
         np.random.seed(args.seed)
         self.splits = load_splits(args.data, args.val_fraction, args.skip_bad)
         self.model = create_model(args.arch, input_size=args.input_size)
+        self.bf16 = bool(getattr(args, "bf16", False))
+        if self.bf16:
+            self.model = self.model.to(memory_format=torch.channels_last)
         idx = self.model.point_indices
         tr_img = [im for s in self.splits for im in s.train_images]
         tr_pts = np.stack([p for s in self.splits for p in s.train_points])
@@ -231,7 +234,10 @@ class Trainer:
         for step, (x, y, _) in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
-            out = self.model(x)
+            if self.bf16:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+                out = self.model(x)
             loss = total_loss(out, y, a.loss, a.input_size, a.heatmap_weight, self.grid)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()

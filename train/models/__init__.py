@@ -14,12 +14,13 @@ import torch.nn as nn
 
 from .fastnet import FastNet, fastnet_deep, fastnet_wide
 from .origin import NoseTipNet, SimpleNet
-from .resnet import aa_resnet50
+from .resnet import aa_resnet50, aa_resnet50_heatmap
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "nosetip": NoseTipNet,
     "simple": SimpleNet,
     "resnet50": aa_resnet50,
+    "resnet50-heatmap": aa_resnet50_heatmap,
     "fastnet": FastNet,
     "fastnet-deep": fastnet_deep,
     "fastnet-wide": fastnet_wide,

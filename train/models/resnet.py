@@ -1,7 +1,11 @@
 """Anti-aliased ResNet-50 (Zhang, ICML 2019, package ``antialiased-cnns``) for 68 points.
 
 Changed from the classifier: a 1-channel stem (grayscale input) and a 136-output linear
-head; trained from scratch (no pretrained weights are downloaded).
+head (``resnet50``, the origin's network); trained from scratch (no pretrained weights are
+downloaded). ``resnet50-heatmap`` keeps the same anti-aliased body and replaces global pooling
+and the linear layer with the heatmap head of the fast net (:mod:`.heads`): an FPN decoder
+over its four stages, soft-argmax, a face score. Its output is the same 68 x 2 = 136
+coordinates.
 """
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ import torch
 import torch.nn as nn
 
 from fkp.tracker.landmarks import NUM_POINTS
+
+from .heads import HeatmapNet
 
 
 class AAResNet50(nn.Module):
@@ -29,6 +35,35 @@ class AAResNet50(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"points": self.net(x).view(x.shape[0], NUM_POINTS, 2) + 0.5}
+
+
+class AAResNet50Heatmap(HeatmapNet):
+    """(B, 1, S, S) -> points (B, 68, 2), score (B,), heatmaps (B, 68, S/4, S/4).
+
+    Stages 1-4 of the anti-aliased ResNet-50 (256, 512, 1024, 2048 channels at strides 4, 8,
+    16, 32) feed the shared FPN decoder (``decoder`` channels). Residual branches end in a
+    zero-initialised BatchNorm, so every block starts as the identity (trains from scratch).
+    """
+
+    def __init__(self, input_size: int = 128, filter_size: int = 4, decoder: int = 128):
+        super().__init__()
+        net = antialiased_cnns.resnet50(pretrained=False, filter_size=filter_size,
+                                        zero_init_residual=True)
+        net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.layer1, self.layer2, self.layer3, self.layer4 = \
+            net.layer1, net.layer2, net.layer3, net.layer4
+        self.build_head((256, 512, 1024, 2048), decoder, NUM_POINTS, input_size)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return self.decode([c1, c2, c3, self.layer4(c3)])
+
+
+def aa_resnet50_heatmap(input_size: int = 128, **kwargs) -> AAResNet50Heatmap:
+    return AAResNet50Heatmap(input_size=input_size, **kwargs)
 
 
 def aa_resnet50(input_size: int = 128, **kwargs) -> AAResNet50:

@@ -1,0 +1,91 @@
+"""The change gate of the periodic new-face scan (unit), and the tracker using it."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from fkp.tracker.scangate import ChangeGate
+
+H, W = 480, 640
+HEAD = np.array([[200.0, 150.0, 300.0, 270.0]])     # a tracked landmark box, frame px
+
+
+def background(seed: int = 0) -> np.ndarray:
+    """A static textured BGR background (H, W, 3) float32."""
+    rng = np.random.default_rng(seed)
+    small = rng.normal(128, 40, (12, 16, 3)).astype(np.float32)
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC)
+
+
+def shot(bg: np.ndarray, rng: np.random.Generator, noise: float = 4.0) -> np.ndarray:
+    """One frame of the static scene with fresh sensor noise."""
+    return np.clip(bg + rng.normal(0, noise, bg.shape), 0, 255).astype(np.uint8)
+
+
+def test_sensor_noise_alone_skips_until_max_skips():
+    bg, rng = background(), np.random.default_rng(1)
+    gate = ChangeGate(max_skips=3)
+    gate.scanned(shot(bg, rng), HEAD)
+    assert [gate.should_scan(shot(bg, rng), HEAD) for _ in range(4)] == [False] * 3 + [True]
+    assert gate.skipped == 3
+    gate.scanned(shot(bg, rng), HEAD)              # the tracker scanned: skipping again
+    assert not gate.should_scan(shot(bg, rng), HEAD)
+
+
+def test_a_face_appearing_outside_the_heads_opens_the_gate():
+    bg, rng = background(), np.random.default_rng(2)
+    gate = ChangeGate()
+    gate.scanned(shot(bg, rng), HEAD)
+    scene = bg.copy()
+    scene[330:400, 480:540] = 220.0                # 60x70 px: a small face stepping in
+    assert gate.changed_cells(shot(scene, rng), HEAD) >= 30
+    assert gate.should_scan(shot(scene, rng), HEAD)
+
+
+def test_a_moving_head_with_its_hair_does_not():
+    """Pixels change where the head was and where it is, forehead and hair included."""
+    bg, rng = background(), np.random.default_rng(3)
+    old = bg.copy()
+    old[100:280, 190:310] = 200.0                  # head at HEAD, hair 50 px above the brows
+    gate = ChangeGate()
+    gate.scanned(shot(old, rng), HEAD)
+    moved = HEAD + [60.0, 20.0, 60.0, 20.0]
+    new = bg.copy()
+    new[120:300, 250:370] = 200.0
+    assert gate.changed_cells(shot(new, rng), moved) == 0
+    assert not gate.should_scan(shot(new, rng), moved)
+    # without the head boxes the same change would open it
+    assert ChangeGate.changed_cells(gate, shot(new, rng), np.zeros((0, 4))) > 0
+
+
+def test_no_reference_or_a_new_frame_size_scans():
+    bg, rng = background(), np.random.default_rng(4)
+    gate = ChangeGate()
+    assert gate.should_scan(shot(bg, rng), HEAD)   # nothing scanned yet
+    gate.scanned(shot(bg, rng), HEAD)
+    assert gate.should_scan(shot(bg, rng)[: H // 2, : W // 2], HEAD)
+    gate.reset()
+    assert gate.should_scan(shot(bg, rng), HEAD)
+
+
+def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_model,
+                                                                         astronaut_bgr):
+    from conftest import face_frame
+    from fkp.tracker.tracking import Tracker
+
+    one = np.full((240, 480, 3), 128, np.uint8)
+    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
+    two = one.copy()
+    two[:, 240:] = one[:, :240]
+    runs = {}
+    for gated in (True, False):
+        tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=5,
+                          async_scan=False, scan_gate=gated)
+        counts = [len(tracker.process(one)) for _ in range(21)]
+        assert counts == [1] * 21
+        runs[gated] = dict(tracker.stats)
+        found = [len(tracker.process(two)) for _ in range(6)]
+        assert found[-1] == 2 and found.index(2) <= 4   # at the next periodic tick
+    assert runs[False]["detections"] == 5 and runs[False]["scans_skipped"] == 0
+    # first frame, then ticks 5, 10, 15 skipped, 20 forced (max_skips 3)
+    assert runs[True]["detections"] == 2 and runs[True]["scans_skipped"] == 3

@@ -1,0 +1,53 @@
+"""What the tracker returns: plain dataclasses of numpy arrays (never None).
+
+Coordinates are frame pixels (x right, y down, pixel centres at integers); N faces, K points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Face:
+    """One tracked face: ``points`` (K, 2) frame px (smoothed), ``box`` (4,) x0, y0, x1, y1."""
+
+    id: int
+    score: float
+    points: np.ndarray
+    box: np.ndarray
+
+
+def empty_points(k: int) -> np.ndarray:
+    """An empty (0, K, 2) float64 points array."""
+    return np.zeros((0, k, 2), np.float64)
+
+
+@dataclass
+class FrameResult:
+    """Everything found in one frame; arrays are never None (N = 0 when no face).
+
+    ``ids`` (N,) int64 track ids (stable while a face is tracked, new after a loss);
+    ``points`` (N, K, 2) float64 frame px, smoothed; ``raw_points`` the same unsmoothed;
+    ``scores`` (N,) float64; ``boxes`` (N, 4) tight box of ``points`` (x0, y0, x1, y1);
+    ``detected``: the detector ran on this frame.
+    """
+
+    index: int
+    timestamp_ms: float
+    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    points: np.ndarray = field(default_factory=lambda: empty_points(68))
+    raw_points: np.ndarray = field(default_factory=lambda: empty_points(68))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float64))
+    detected: bool = False
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def faces(self) -> list[Face]:
+        """Per-face view of the arrays."""
+        return [Face(int(i), float(s), p, b)
+                for i, s, p, b in zip(self.ids, self.scores, self.points, self.boxes)]
