@@ -19,8 +19,8 @@ Per frame:
    frame, 0.8 -> 0.5 ms per frame on average) and is skipped where nothing changed outside
    the tracked faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``);
    with ``async_scan`` it runs on a worker thread so it never stalls the frame loop, and its
-   faces join a few frames later through the same refinement. Detection when no face is tracked, after a loss or on
-   request is synchronous. Detector boxes are mapped to landmark boxes
+   faces join a few frames later through the same refinement. Detection when no face is
+   tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark boxes
    (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
    a two-pass refinement: model on the landmark box, then on the box of those points (one
    batched call per pass). Faces scoring above the threshold start tracks with new ids.
@@ -29,8 +29,9 @@ Per frame:
 
 ``Tracker.timings`` holds the last frame's milliseconds per stage: ``detect``, ``crop``
 (crop matrices + warps), ``infer`` (onnxruntime), ``post`` (mapping back, scoring, smoothing,
-bookkeeping) and ``total``. ``Tracker.stats`` counts frames, detector runs, model calls,
-tracks started and lost since construction or :meth:`Tracker.reset`.
+bookkeeping) and ``total``. ``Tracker.stats`` counts frames, detector runs, periodic scans
+skipped by the change gate, model calls, tracks started and lost since construction or
+:meth:`Tracker.reset`.
 """
 from __future__ import annotations
 

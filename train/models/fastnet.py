@@ -49,12 +49,6 @@ class FastNet(HeatmapNet):
         self.layer4 = stage(w3, w4, depths[3], 2)
         self.build_head((w1, w2, w3, w4), decoder, num_points, input_size)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
-        return self.decode([c1, c2, c3, self.layer4(c3)])
-
 
 def fastnet_deep(input_size: int = 128, **kwargs) -> FastNet:
     """FastNet with its capacity moved from stride 4 to strides 16-32: thinner stem, stride-4

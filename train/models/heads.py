@@ -26,9 +26,9 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True)
 
 
 class HeatmapNet(nn.Module):
-    """Base class: subclasses build their encoder, then :meth:`build_head` (in that order,
-    so that a seed gives the same initial weights as before the head was shared), and call
-    :meth:`decode` on the encoder's features.
+    """Base class: subclasses build their encoder as ``stem`` + ``layer1`` .. ``layer4``
+    (strides 4, 8, 16, 32 after each layer), then call :meth:`build_head` (in that order, so
+    that a seed gives the same initial weights as before the head was shared).
 
     ``decode([c1, c2, c3, c4])`` with feature maps at strides 4, 8, 16, 32 (channels
     ``channels``) -> ``points`` (B, K, 2) in normalised crop coordinates, ``score`` (B,),
@@ -67,3 +67,10 @@ class HeatmapNet(nn.Module):
         peak = F.avg_pool2d(prob, 3, stride=1, padding=1, count_include_pad=True) * 9.0
         score = peak.flatten(2).amax(dim=-1).mean(dim=-1)       # (B,)
         return {"points": points, "score": score, "heatmaps": prob}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 1, S, S) crops -> points (B, K, 2), score (B,), heatmaps (B, K, S/4, S/4)."""
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        return self.decode([c1, c2, c3, self.layer4(c3)])

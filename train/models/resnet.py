@@ -55,12 +55,6 @@ class AAResNet50Heatmap(HeatmapNet):
             net.layer1, net.layer2, net.layer3, net.layer4
         self.build_head((256, 512, 1024, 2048), decoder, NUM_POINTS, input_size)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
-        return self.decode([c1, c2, c3, self.layer4(c3)])
-
 
 def aa_resnet50_heatmap(input_size: int = 128, **kwargs) -> AAResNet50Heatmap:
     return AAResNet50Heatmap(input_size=input_size, **kwargs)
