@@ -29,8 +29,18 @@ def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
     assert res["model"].endswith("tiny.onnx") and res["arch"] == "tiny-test"
     assert res["faces_per_frame"] > 0.5
     assert "dlib" not in res
+    assert res["detector_runs"] >= 1 and res["scans_skipped"] >= 0
     rows = read_points_csv(csv_path)
     assert rows and max(rows) <= 11
+
+
+def test_bench_always_scan_runs_every_periodic_scan(capsys, tiny_model, face_video):
+    args = ["--video", str(face_video), "--model", str(tiny_model), "--device", "cpu",
+            "--frames", "12", "--warmup", "2", "--redetect-every", "3"]
+    code, out, err = run(capsys, *args, "--always-scan")
+    assert code == 0, err
+    res = json.loads(out[-1])
+    assert res["scans_skipped"] == 0 and res["detector_runs"] >= 4     # frames 0, 3, 6, 9
 
 
 def test_bench_dlib_not_installed(capsys, tiny_model, face_video, monkeypatch):
