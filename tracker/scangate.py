@@ -67,11 +67,11 @@ class ChangeGate:
             return -1
         outside = np.ones(thumb.shape, bool)
         th, tw = thumb.shape
+        left, top, right, bottom = self.pad
         for x0, y0, x1, y1 in np.concatenate([self._boxes, np.reshape(boxes, (-1, 4))]):
             if not np.isfinite([x0, y0, x1, y1]).all():
                 continue
             bw, bh = x1 - x0, y1 - y0
-            left, top, right, bottom = self.pad
             c0 = int(np.clip(np.floor((x0 - left * bw) / self.cell), 0, tw))
             c1 = int(np.clip(np.ceil((x1 + right * bw) / self.cell), 0, tw))
             r0 = int(np.clip(np.floor((y0 - top * bh) / self.cell), 0, th))

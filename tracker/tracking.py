@@ -173,7 +173,7 @@ class Tracker:
             self._scan.result()                 # let a running scan end, then drop it
         self._scan = None
         self._t0: float | None = None
-        if getattr(self, "gate", None) is not None:
+        if self.gate is not None:              # (set before __init__ calls reset)
             self.gate.reset()
         self.stats = {"frames": 0, "detections": 0, "scans_skipped": 0, "model_calls": 0,
                       "tracks_started": 0, "tracks_lost": 0}
