@@ -48,6 +48,8 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
     a = dict(ck["args"])
     a["data"] = [portable_path(d) for d in a["data"]]
     a["out"] = portable_path(a["out"])
+    if a.get("init"):
+        a["init"] = portable_path(a["init"])
     metrics = dict(ck.get("metrics") or (ck["history"][-1] if ck.get("history") else {}))
     cmd = ["fkp-train"]
     for k, v in a.items():
@@ -68,6 +70,8 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
         "loss": a["loss"], "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
         "weights": ck.get("selection", f"epoch {ck['epoch']}"),
     }
+    if ck.get("init"):                       # fkp-train --init: the run it started from
+        training["init"] = {**ck["init"], "from": portable_path(ck["init"]["from"])}
     return ModelMeta(
         arch=ck["arch"], input_size=int(a["input_size"]), num_points=len(ck["point_indices"]),
         crop_margin=float(a["margin"]), has_score=has_score,
@@ -187,6 +191,15 @@ def held_out_metrics(model, datasets: list[str], val_fraction: float = 0.1
     return metrics, nme
 
 
+def _init_chain(training: dict) -> list[dict]:
+    """The runs a model was fine-tuned from (``fkp-train --init``), newest first."""
+    chain, src = [], training.get("init")
+    while isinstance(src, dict) and len(chain) < 10:
+        chain.append(src)
+        src = src.get("init")
+    return chain
+
+
 def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
     """A model card from the metadata (data, split, command, epochs, size, metrics, time)."""
     t, m = meta.training, meta.metrics
@@ -201,6 +214,12 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
                       f"`{e['command']}`\n" for e in t.get("ensemble", []))
     if members:
         members = "- averages the outputs of these members (fkp-ensemble):\n" + members
+    init = ""
+    for src in _init_chain(t):
+        init += (f"- initialised from `{src['from']}` ({src.get('arch', '?')}, "
+                 f"{src.get('input_size', '?')} px, {src.get('epochs', '?')} epochs, "
+                 f"{float(src.get('train_seconds') or 0.0) / 60:.1f} min)"
+                 + (f": `{src['command']}`" if src.get("command") else "") + "\n")
     chosen = "" if members else (" (chosen on validation: best or last epoch, BatchNorm\n"
                                  "  statistics as trained or re-estimated)")
     text = f"""# {onnx_path.name}
@@ -214,7 +233,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 {t.get('train_seconds', 0.0) / 60:.1f} min
 - weights: {t.get('weights', '')}{chosen}
 - command: `{t.get('command', 'not recorded')}`
-{members}{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}
+{init}{members}{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}
 
 ## Validation (person-wise held-out part of each dataset, crops from the true point box)
 

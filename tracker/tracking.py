@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 import cv2
@@ -244,13 +246,21 @@ class Tracker:
                 self._since_detect = 0
                 self.stats["detections"] += 1
 
-        t_post = time.perf_counter()
-        result = self._result(int(index), float(timestamp_ms), detected)
-        self.timings["post"] += (time.perf_counter() - t_post) * 1000.0
+        with self._timed("post"):
+            result = self._result(int(index), float(timestamp_ms), detected)
         self.timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return result
 
     # ------------------------------------------------------------------ stages
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        """Add the with-block's wall time to ``timings[stage]`` (ms)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += (time.perf_counter() - t0) * 1000.0
+
     def _rolls(self, pts: np.ndarray) -> np.ndarray:
         """Eye-line roll (deg) per face of (N, K, 2) points; zeros without eye points."""
         if self._eyes is None:
@@ -319,18 +329,16 @@ class Tracker:
         """The change gate's verdict for a periodic scan (timed as ``detect``)."""
         if self.gate is None:
             return True
-        t0 = time.perf_counter()
-        ok = self.gate.should_scan(image, self._boxes())
-        self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+        with self._timed("detect"):
+            ok = self.gate.should_scan(image, self._boxes())
         self.stats["scans_skipped"] += not ok
         return ok
 
     def _gate_scanned(self, image: np.ndarray) -> None:
         """Tell the change gate that this frame was scanned (timed as ``detect``)."""
         if self.gate is not None:
-            t0 = time.perf_counter()
-            self.gate.scanned(image, self._boxes())
-            self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+            with self._timed("detect"):
+                self.gate.scanned(image, self._boxes())
 
     def _boxes(self) -> np.ndarray:
         """Landmark boxes (N, 4) of the live tracks, frame px."""
@@ -340,9 +348,8 @@ class Tracker:
     def _run_detector(self, gray: np.ndarray, detector: Detector | None = None) -> np.ndarray:
         """Synchronous detection with ``detector`` (default: the thorough one): (N, 5)
         detector boxes, timed as ``detect``."""
-        t0 = time.perf_counter()
-        dets = (detector or self.detector).detect(gray)
-        self.timings["detect"] += (time.perf_counter() - t0) * 1000.0
+        with self._timed("detect"):
+            dets = (detector or self.detector).detect(gray)
         self.stats["detections"] += 1
         self._since_detect = 0
         self._detect_requested = False

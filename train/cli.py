@@ -65,6 +65,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="train under bfloat16 autocast in channels-last layout (CPUs with "
                         "AVX512-BF16/AMX: 1.5-1.6x the steps per second here; weights, optimiser, "
                         "soft-argmax and loss stay float32)")
+    p.add_argument("--init", metavar="PATH",
+                   help="start from trained weights of the same --arch: an fkp-train "
+                        "checkpoint (.pt) or an fkp-export model (.onnx, e.g. a shipped "
+                        "weights/NAME.onnx; its folded BatchNorms are unfolded); the input "
+                        "size may differ; optimiser and schedule start fresh")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")

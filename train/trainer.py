@@ -125,8 +125,6 @@ class Trainer:
         self.splits = load_splits(args.data, args.val_fraction, args.skip_bad)
         self.model = create_model(args.arch, input_size=args.input_size)
         self.bf16 = bool(getattr(args, "bf16", False))
-        if self.bf16:
-            self.model = self.model.to(memory_format=torch.channels_last)
         idx = self.model.point_indices
         tr_img = [im for s in self.splits for im in s.train_images]
         tr_pts = np.stack([p for s in self.splits for p in s.train_points])
@@ -143,6 +141,17 @@ class Trainer:
         # training crops for BatchNorm re-estimation, augmented as in training, own RNG
         self.bn_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
                                  args.seed + 1, tr_off)
+        self.init = None
+        if getattr(args, "init", None):
+            from .init_weights import initialise
+
+            def crops(n: int = 256) -> torch.Tensor:
+                pick = np.random.default_rng(args.seed).permutation(len(self.bn_ds))[:n]
+                return torch.from_numpy(np.stack([normalise(self.bn_ds.sample(int(i))[0])
+                                                  for i in pick]))
+            self.init = initialise(self.model, args.arch, args.init, crops)
+        if self.bf16:
+            self.model = self.model.to(memory_format=torch.channels_last)
         plain = FaceDataset(tr_img, tr_pts, args.input_size, args.margin)
         self.mean_shape = np.mean([plain.sample(i)[1] for i in range(min(len(plain), 500))],
                                   axis=0) / args.input_size   # (68, 2) normalised crop coords
@@ -195,7 +204,8 @@ class Trainer:
                 "sched": self.sched.state_dict(), "epoch": self.epoch, "history": self.history,
                 "best": self.best, "elapsed": self.elapsed, "args": vars(self.args),
                 "arch": self.args.arch, "point_indices": self.model.point_indices,
-                "mean_shape": self.mean_shape.tolist(), "fkp_checkpoint": 1}
+                "mean_shape": self.mean_shape.tolist(), "fkp_checkpoint": 1,
+                **({"init": self.init} if self.init else {})}
 
     def save(self, name: str, extra: dict | None = None) -> Path:
         path = self.out / name
