@@ -1,6 +1,8 @@
 """Tiny labelled datasets written by the tests, in all three formats (nothing downloaded)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -71,3 +73,12 @@ def write_xml(root: Path, shapes: list[np.ndarray], size: int = 64) -> Path:
     xml = root / "labels_ibug_300W_train.xml"
     xml.write_text(f"<dataset><images>{''.join(items)}</images></dataset>")
     return xml
+
+
+def run_module(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS...`` in a subprocess (a CLI as a user runs it); with ``check``
+    a non-zero exit fails the test with the end of its stderr."""
+    p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(p.stderr[-2000:])
+    return p

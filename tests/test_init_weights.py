@@ -1,8 +1,6 @@
 """fkp-train --init: warm start from a checkpoint or from an exported ONNX file (whose folded
 BatchNorms are unfolded), also at another input size; lineage in metadata and model card."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -10,15 +8,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from datasets import write_folder
+from datasets import run_module as run, write_folder
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
-
-
-def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr[-2000:])
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,14 @@
 """End to end on tiny synthetic data: fkp-train -> fkp-export (parity) -> fkp-eval -> tracker."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from datasets import write_folder
+from datasets import run_module as run, write_folder
 from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
-
-
-def run(*args, check=True):
-    p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=600)
-    if check and p.returncode != 0:
-        raise AssertionError(p.stderr[-2000:])
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -307,3 +298,33 @@ def test_ensemble_of_nets_keeps_every_head_in_float_when_quantized(trained):
     single = onnx.load(str(net)).graph
     convs = [n.name for n in single.node if n.op_type == "Conv"]
     assert [n for n in float_nodes(single) if n in convs] == convs[-1:]
+
+
+def test_eval_several_models_reports_their_average_and_disagreement(tmp_path):
+    """Two constant models, one exact and one with every point shifted right by a fixed
+    fraction of the crop: the average errs by half that shift, the disagreement is the
+    whole shift; input sizes may differ (the average is taken in frame coordinates)."""
+    data, shapes = write_folder(tmp_path / "d", n=4, people=2)
+    first = shapes[0]
+    norm = apply_affine(first, crop_matrix(box_from_points(first), 32, 0.25)) / 32
+    constant_model(tmp_path / "a.onnx", norm, size=32)
+    norm48 = apply_affine(first, crop_matrix(box_from_points(first), 48, 0.25)) / 48
+    constant_model(tmp_path / "b.onnx", norm48 + [0.05, 0.0], size=48)
+    lines = (data / "landmarks.csv").read_text().splitlines()
+    for i in range(4):                    # scaled, shifted copies of the first face
+        pts = first * (1 + 0.1 * i) + [3 * i, -2 * i]
+        lines[i + 1] = lines[i + 1].split(",")[0] + "," + ",".join(f"{v:.6f}" for v in pts.ravel())
+    (data / "landmarks.csv").write_text("\n".join(lines) + "\n")
+    box = box_from_points(first)
+    side = max(box[2] - box[0], box[3] - box[1]) * 1.5
+    shift = 100 * 0.05 * side / np.linalg.norm(first[36] - first[45])   # % IOD, every face
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "a.onnx"),
+            "--model", str(tmp_path / "b.onnx"), "--ced", str(tmp_path / "ced.png"))
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["model"] == "a.onnx+b.onnx" and res["n"] == 4
+    assert res["members"]["a.onnx"] == pytest.approx(0.0, abs=1e-3)
+    assert res["members"]["b.onnx"] == pytest.approx(shift, rel=1e-3)
+    assert res["nme"] == pytest.approx(shift / 2, rel=1e-3)
+    assert res["disagreement"]["a.onnx|b.onnx"] == pytest.approx(shift, rel=1e-3)
+    assert "a.onnx vs b.onnx: predictions" in p.stdout
+    assert (tmp_path / "ced.png").is_file()

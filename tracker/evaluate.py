@@ -7,7 +7,9 @@ points — and predicted with :class:`fkp.tracker.runtime.LandmarkModel`, the tr
 Metrics: ``nme`` mean point error in percent of the outer-eye-corner distance (points 36
 and 45), ``mae`` mean absolute error in pixels of the original image over x and y (the origin
 report's metric), ``failure_rate`` percent of faces with NME > 10. The last stdout line is
-one JSON object ``{"n", "nme", "mae", "failure_rate", "model"}``.
+one JSON object ``{"n", "nme", "mae", "failure_rate", "model"}``. With several ``--model``
+values it is their average's (in frame coordinates), with each one's NME (``members``) and
+how far apart their predictions are (``disagreement``).
 """
 from __future__ import annotations
 
@@ -41,8 +43,9 @@ def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray)
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
              limit: int = 0, split: str = "all", val_fraction: float = 0.1,
              mirror_bias: bool = False) -> dict:
-    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD)
-    and ``bias_px``, the mean signed error (x, y) in image pixels.
+    """Predict every face of a dataset. Returns metrics plus per-face ``errors`` (% IOD),
+    ``bias_px``, the mean signed error (x, y) in image pixels, ``points`` (N, K, 2) the
+    predictions and ``truth`` (N, 68, 2) the labels, both in image pixels.
 
     ``mirror_bias`` (68-point models) also predicts every mirrored crop and returns its
     ``bias_mirrored_px`` and ``label_offset_x_px`` = -(bias + mirrored bias) / 2 in x: a net
@@ -92,7 +95,33 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
             "mae": float(np.abs(pred - t).mean()),
             "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
             "failure_rate": float(100 * (errors > 10).mean()), "skipped": skipped,
-            "errors": errors}
+            "errors": errors, "points": pred, "truth": truth}
+
+
+def compare(results: dict[str, dict]) -> dict:
+    """Several 68-point models' :func:`evaluate` results on the same faces -> metrics of their
+    average (frame coordinates: any input sizes mix) plus ``members`` (each one's NME) and
+    ``disagreement`` (mean point distance between two models' predictions, % of the true
+    IOD, per pair). Disagreement far below each model's error means the models share most
+    of it, and averaging them (an ensemble) cannot remove that part."""
+    names = list(results)
+    truth = results[names[0]]["truth"]
+    for name in names:
+        r = results[name]
+        if r["points"].shape != truth.shape or not np.array_equal(r["truth"], truth):
+            raise ModelError(f"{name}: several --model values need 68-point models and the "
+                             "same faces")
+    pred = np.mean([results[n]["points"] for n in names], axis=0)
+    errors = nme_fn(pred, truth)
+    iod = interocular(truth)
+    dis = {f"{a}|{b}": round(float((100 * np.linalg.norm(results[a]["points"]
+                                                         - results[b]["points"], axis=-1)
+                                    .mean(-1) / iod).mean()), 4)
+           for i, a in enumerate(names) for b in names[i + 1:]}
+    return {"n": int(len(pred)), "nme": float(errors.mean()),
+            "mae": float(np.abs(pred - truth).mean()),
+            "failure_rate": float(100 * (errors > 10).mean()), "errors": errors,
+            "members": {n: round(results[n]["nme"], 4) for n in names}, "disagreement": dis}
 
 
 def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) -> None:
@@ -117,7 +146,10 @@ def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) ->
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fkp-eval", description=__doc__.split("\n\n")[0])
     p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")
-    p.add_argument("--model", default="fastnet", help="shipped model name or .onnx path")
+    p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
+                   help="shipped model name or .onnx path (default fastnet); given several "
+                        "times (68-point models, any input sizes), also evaluates their "
+                        "average and prints how far apart their predictions are")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.add_argument("--flip-test", action="store_true",
                    help="also run each crop mirrored and average: twice the inference time, "
@@ -135,23 +167,34 @@ def main(argv: list[str] | None = None) -> int:
                    help="the split's held-out fraction, as given to fkp-train (default 0.1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    results: dict[str, dict] = {}
     try:
-        model = LandmarkModel(args.model, args.device, flip_test=args.flip_test)
-        res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
-                       args.val_fraction, args.mirror_bias)
+        for name in args.model or ["fastnet"]:
+            model = LandmarkModel(name, args.device, flip_test=args.flip_test)
+            res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
+                           args.val_fraction, args.mirror_bias)
+            if res["skipped"] and not results:
+                print(f"skipped {res['skipped']} bad rows/images")
+            print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE "
+                  f"{res['mae']:.2f} px  failures {res['failure_rate']:.1f} %  (n={res['n']}, "
+                  f"provider {model.provider})", flush=True)
+            results[model.path.name] = res
+        label = "+".join(results)
+        if len(results) > 1:
+            res = compare(results)
+            for pair, d in res["disagreement"].items():
+                print(f"{pair.replace('|', ' vs ')}: predictions {d:.2f} % of IOD apart")
+            print(f"average of {label}: NME {res['nme']:.2f} %  MAE {res['mae']:.2f} px  "
+                  f"failures {res['failure_rate']:.1f} %")
         if args.ced:
-            ced_plot(res["errors"], args.ced, model.path.stem)
+            ced_plot(res["errors"], args.ced, "+".join(Path(n).stem for n in results))
     except (ModelError, DatasetError, OSError) as exc:
         print(f"fkp-eval: error: {exc}", file=sys.stderr)
         return 2
-    if res["skipped"]:
-        print(f"skipped {res['skipped']} bad rows/images")
-    print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE {res['mae']:.2f} px  "
-          f"failures {res['failure_rate']:.1f} %  (n={res['n']}, provider {model.provider})")
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
            if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",
-                    "label_offset_x_px")}
-    print(json.dumps({**out, "model": model.path.name}))
+                    "label_offset_x_px", "members", "disagreement")}
+    print(json.dumps({**out, "model": label}))
     return 0
 
 
