@@ -84,6 +84,17 @@ def test_init_cli_records_the_source_in_checkpoint_metadata_and_card(exported):
     assert meta.training["init"]["epochs"] == 1
     card = (tmp / "ft.md").read_text()
     assert "initialised from" in card and "64 px, 1 epochs" in card
+    # a resumed run keeps the record of its checkpoint, even when the source is gone
+    (tmp / "m.onnx").rename(tmp / "moved.onnx")
+    try:
+        common2 = common[:-1] + ["2"]                            # --epochs 2
+        p = run("fkp.train.cli", "--arch", "fastnet", "--input-size", "96", "--init",
+                str(tmp / "m.onnx"), *common2, "--out", str(out), "--resume")
+    finally:
+        (tmp / "moved.onnx").rename(tmp / "m.onnx")
+    assert "resumed" in p.stderr and "weights unfolded" not in p.stderr
+    ck = torch.load(out / "final.pt", weights_only=False)
+    assert ck["epoch"] == 2 and ck["init"]["from"].endswith("m.onnx")
     # a checkpoint works as a source too, and its record chains to the ONNX one
     out2 = tmp / "ft2"
     run("fkp.train.cli", "--arch", "fastnet", "--input-size", "64", "--init",

@@ -141,8 +141,9 @@ class Trainer:
         # training crops for BatchNorm re-estimation, augmented as in training, own RNG
         self.bn_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
                                  args.seed + 1, tr_off)
-        self.init = None
-        if getattr(args, "init", None):
+        self.init = None                     # --init's record; a resumed run keeps its own
+        resuming = getattr(args, "resume", False) and (self.out / "last.pt").exists()
+        if getattr(args, "init", None) and not resuming:
             from .init_weights import initialise
 
             def crops(n: int = 256) -> torch.Tensor:
@@ -232,6 +233,7 @@ class Trainer:
             for _ in range(self.epoch * self.steps_per_epoch):
                 self.sched.step()
         self.best, self.elapsed = ck["best"], ck.get("elapsed", 0.0)
+        self.init = ck.get("init")
         log.info("resumed %s at epoch %d", path, self.epoch)
 
     # ------------------------------------------------------------------ loop
