@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE "
                   f"{res['mae']:.2f} px  failures {res['failure_rate']:.1f} %  (n={res['n']}, "
                   f"provider {model.provider})", flush=True)
-            results[model.path.name] = res
+            key = model.path.name if model.path.name not in results else str(model.path)
+            results[key] = res
         label = "+".join(results)
         if len(results) > 1:
             res = compare(results)
