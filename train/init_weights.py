@@ -182,10 +182,10 @@ def _check_parity(model: nn.Module, proto, path: Path, x: torch.Tensor, size: in
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     grid = getattr(model, "grid", None)
-    if grid is not None and len(grid) != size // model.stride:  # grid of the file's size
-        h = size // model.stride
-        model.grid = (torch.arange(h, dtype=torch.float32) * model.stride
-                      + (model.stride - 1) / 2) / size
+    if grid is not None:                     # heatmap cells of the file's input size
+        from .models.heads import cell_centres
+
+        model.grid = cell_centres(size, model.stride)
     try:
         got = model.eval()(x)["points"].numpy()
     finally:
@@ -221,7 +221,6 @@ def initialise(model: nn.Module, arch: str, path: str | Path,
         model.load_state_dict(ck["model"])
     except RuntimeError as exc:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
-    return {"from": str(path), "arch": ck["arch"],
-            "input_size": ck.get("args", {}).get("input_size"), "epochs": ck.get("epoch"),
-            "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
-            **({"init": ck["init"]} if ck.get("init") else {})}
+    training = {"epochs": ck.get("epoch"), "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
+                **({"init": ck["init"]} if ck.get("init") else {})}
+    return init_record(training, ck["arch"], ck.get("args", {}).get("input_size"), path)

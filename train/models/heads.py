@@ -25,6 +25,13 @@ def conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True)
     return nn.Sequential(*layers)
 
 
+def cell_centres(input_size: int, stride: int) -> torch.Tensor:
+    """(input_size // stride,) centre of each heatmap cell in normalised crop coordinates
+    (pixel centres at integers)."""
+    return (torch.arange(input_size // stride, dtype=torch.float32) * stride
+            + (stride - 1) / 2) / input_size
+
+
 class HeatmapNet(nn.Module):
     """Base class: subclasses build their encoder as ``stem`` + ``layer1`` .. ``layer4``
     (strides 4, 8, 16, 32 after each layer), then call :meth:`build_head` (in that order, so
@@ -46,11 +53,7 @@ class HeatmapNet(nn.Module):
         self.smooth = nn.ModuleList([conv_bn(decoder, decoder) for _ in range(3)])
         self.head = nn.Conv2d(decoder, num_points, 1)
         self.point_indices = list(range(num_points))
-        h = input_size // self.stride
-        # centre of heatmap cell j in normalised crop coords (pixel centres at integers)
-        grid = (torch.arange(h, dtype=torch.float32) * self.stride + (self.stride - 1) / 2) \
-            / input_size
-        self.register_buffer("grid", grid, persistent=False)
+        self.register_buffer("grid", cell_centres(input_size, self.stride), persistent=False)
 
     def decode(self, feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         c1, c2, c3, c4 = feats
