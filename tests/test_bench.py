@@ -82,6 +82,7 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     (["--video", "VIDEO", "--vs", "mediapipe"], 2),
     ([], 2),
     (["--infer-only", "--runs", "0"], 2),
+    (["--infer-only", "--batch", "0"], 2),
 ])
 def test_bench_bad_input(capsys, face_video, tiny_model, argv, code):
     argv = [str(face_video) if a == "VIDEO" else a for a in argv]
@@ -110,7 +111,29 @@ def test_bench_infer_only(capsys, tiny_model):
     res = json.loads(out[-1])
     assert res["infer_ms"] > 0 and res["infer_ms_mean"] > 0
     assert res["provider"] == "CPUExecutionProvider" and res["flip_test"] is True
-    assert "ms per face" in out[0]
+    assert "ms per face" in out[0] and res["batch"] == 1
+
+
+def test_bench_infer_only_batch_reports_per_face_times(capsys, tiny_model, monkeypatch):
+    """--batch N: N crops go into each model call, and the time of a call is divided by N."""
+    from fkp.tracker import runtime
+
+    sizes = []
+    real = runtime.LandmarkModel.predict_crops
+
+    def spy(self, crops, *a, **k):
+        sizes.append(len(crops))
+        return real(self, crops, *a, **k)
+
+    monkeypatch.setattr(runtime.LandmarkModel, "predict_crops", spy)
+    clock = iter(range(10**6))             # every perf_counter call advances 1 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    code, out, err = run(capsys, "--infer-only", "--model", str(tiny_model), "--device", "cpu",
+                         "--runs", "5", "--warmup", "2", "--batch", "4")
+    assert code == 0, err
+    res = json.loads(out[-1])
+    assert sizes == [4] * 7 and res["batch"] == 4
+    assert res["infer_ms"] == pytest.approx(1000.0 / 4) and "batch 4" in out[0]
 
 
 

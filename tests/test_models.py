@@ -57,7 +57,7 @@ def test_precise_bn_replaces_stale_statistics(tmp_path):
 
     from datasets import face_shape
     from fkp.train.dataset import FaceDataset, normalise
-    from fkp.train.trainer import recalibrate_bn
+    from fkp.train.evaluation import recalibrate_bn
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (80, 80, 3), dtype=np.uint8) for _ in range(16)]

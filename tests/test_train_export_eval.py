@@ -80,14 +80,23 @@ def test_quantize_int8_checks_accuracy_and_keeps_the_contract(trained):
         assert p.returncode == 2 and p.stderr.startswith("fkp-quantize: error:"), p.stderr
         assert p.stderr.strip().count("\n") == 0 and not int8.exists()
     p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
-            "--val-fraction", "0.34", "--max-loss", "1000")
+            "--val-fraction", "0.34", "--max-loss", "1000", "--calibration", "percentile")
     assert "int8" in p.stdout and (tmp / "q8.md").read_text().count("quantized from") == 1
-    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    proto = onnx.load(str(int8))
+    ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Softmax"} <= ops
+    # weights in 7 bits (no int16 saturation on AVX2 CPUs without VNNI), scaled to fill them
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+               and inits[n.input[0]].ndim == 4]
+    assert weights and max(int(np.abs(w).max()) for w in weights) in range(60, 65)
     from fkp.tracker.runtime import LandmarkModel
 
     a, b = LandmarkModel(fp32, "cpu"), LandmarkModel(int8, "cpu")
     assert b.meta.training["quantization"]["from"] == "q32.onnx"
+    assert "7 bits" in b.meta.training["quantization"]["method"]
+    assert "percentile" in b.meta.training["quantization"]["method"]
     assert b.meta.metrics["n/data"] >= 1 and b.meta.input_size == a.meta.input_size
     from fkp.tracker.data import load_image, read_dataset
 
@@ -107,6 +116,19 @@ def test_export_rejects_a_foreign_checkpoint(tmp_path):
     p = run("fkp.export.onnx_export", str(bad), str(tmp_path / "x.onnx"), check=False)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0 and "not a readable checkpoint" in p.stderr
+
+
+def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    data, _ = write_folder(tmp_path / "d", n=4)
+    p = run("fkp.train.cli", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
+            "--device", "cuda", check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == ("fkp-train: error: --device cuda: torch sees no usable CUDA GPU "
+                                "(use --device cpu)")
 
 
 def test_train_bad_dataset_is_one_line(tmp_path):

@@ -62,9 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validate, select and export an exponential moving average of the "
                         "weights with this decay per step (e.g. 0.998; default 0 = off)")
     p.add_argument("--bf16", action="store_true",
-                   help="train under bfloat16 autocast in channels-last layout (CPUs with "
-                        "AVX512-BF16/AMX: 1.5-1.6x the steps per second here; weights, optimiser, "
-                        "soft-argmax and loss stay float32)")
+                   help="train under bfloat16 autocast in channels-last layout (GPUs, and CPUs "
+                        "with AVX512-BF16/AMX: 1.5-1.6x the steps per second there; emulated "
+                        "and very slow on other CPUs; weights, optimiser, soft-argmax and loss "
+                        "stay float32)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to train: cuda (a GPU torch can use), cpu, or auto (cuda when "
+                        "torch sees a GPU; default). With cuda, use --workers for the crops")
     p.add_argument("--init", metavar="PATH",
                    help="start from trained weights of the same --arch: an fkp-train "
                         "checkpoint (.pt) or an fkp-export model (.onnx, e.g. a shipped "
@@ -88,7 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def final_outputs(trainer) -> dict:
     """Best weights -> figures, score calibration and ``final.pt``."""
     from . import plots
-    from .trainer import calibrate_score, load_checkpoint, predict, recalibrate_bn
+    from .evaluation import calibrate_score, predict, recalibrate_bn
+    from .trainer import load_checkpoint
 
     out = trainer.out
     # the final weights: best or last epoch, BatchNorm statistics as trained or re-estimated
@@ -140,7 +145,7 @@ def final_outputs(trainer) -> dict:
         extra.update(calibrate_score(model, all_val, trainer.mean_shape))
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
     for i, conv in enumerate(convs[:2], start=1):
-        plots.filters(conv.weight.detach().numpy(), out / f"filters_conv{i}.png",
+        plots.filters(conv.weight.detach().float().cpu().numpy(), out / f"filters_conv{i}.png",
                       f"conv layer {i} filters")
     items = [trainer.train_ds.sample(i) for i in range(min(12, len(trainer.train_ds)))]
     plots.samples([g for g, _, _ in items], [p for _, p, _ in items], out / "loader_samples.png")

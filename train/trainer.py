@@ -20,10 +20,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fkp.tracker.data import DatasetError, load_all, read_dataset, split_by_group
-from fkp.tracker.geometry import apply_affine, invert_affine
-from fkp.tracker.landmarks import interocular, shape_plausibility
 
 from .dataset import AugmentConfig, FaceDataset, normalise
+from .evaluation import metrics, pick_device, predict, recalibrate_bn
 from .losses import total_loss
 from .models import create_model
 
@@ -65,27 +64,6 @@ def load_splits(specs: list[str], val_fraction: float, skip_bad: bool) -> list[S
     return out
 
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, ds: FaceDataset, batch: int = 64) -> dict[str, np.ndarray]:
-    """Predictions on un-augmented crops: points in crop pixels and original pixels, scores."""
-    model.eval()
-    crops, mats, pts_crop, scores = [], [], [], []
-    for start in range(0, len(ds), batch):
-        idx = range(start, min(start + batch, len(ds)))
-        items = [ds.sample(i) for i in idx]
-        x = torch.from_numpy(np.stack([normalise(g) for g, _, _ in items]))
-        out = model(x)
-        pts_crop.append(out["points"].numpy() * ds.size)
-        if "score" in out:
-            scores.append(out["score"].numpy())
-        crops += [g for g, _, _ in items]
-        mats += [m for _, _, m in items]
-    pc = np.concatenate(pts_crop) if pts_crop else np.zeros((0, len(ds.indices), 2))
-    orig = apply_affine(pc, invert_affine(np.stack(mats))) if len(mats) else pc
-    return {"crop_points": pc, "points": orig, "crops": crops,
-            "scores": np.concatenate(scores) if scores else np.zeros(0)}
-
-
 def parse_label_offsets(specs: list[str], n: int) -> list[np.ndarray]:
     """``--label-offset`` values ("DX,DY" or "DX", one per dataset) -> n arrays (2,)."""
     if not specs:
@@ -104,20 +82,12 @@ def parse_label_offsets(specs: list[str], n: int) -> list[np.ndarray]:
     return out
 
 
-def metrics(pred: np.ndarray, truth: np.ndarray, indices: list[int]) -> dict[str, float]:
-    """NME (% IOD), MAE (px of the original image) and failure rate (% with NME > 10)."""
-    t = truth[:, indices]
-    err = np.linalg.norm(pred - t, axis=-1).mean(axis=-1)
-    nme = 100 * err / np.maximum(interocular(truth), 1e-6)
-    return {"nme": float(nme.mean()), "mae": float(np.abs(pred - t).mean()),
-            "failure_rate": float(100 * (nme > 10).mean()), "n": int(len(t))}
-
-
 class Trainer:
     """Owns model, optimiser, schedule and history; ``fit`` runs (or resumes) training."""
 
     def __init__(self, args) -> None:
         self.args = args
+        self.device = pick_device(getattr(args, "device", "cpu"))
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(args.seed)
@@ -153,12 +123,15 @@ class Trainer:
             self.init = initialise(self.model, args.arch, args.init, crops)
         if self.bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.to(self.device)
+        torch.backends.cudnn.benchmark = self.device.type == "cuda"
         plain = FaceDataset(tr_img, tr_pts, args.input_size, args.margin)
         self.mean_shape = np.mean([plain.sample(i)[1] for i in range(min(len(plain), 500))],
                                   axis=0) / args.input_size   # (68, 2) normalised crop coords
         self.loader = DataLoader(self.train_ds, batch_size=args.batch, shuffle=True,
                                  num_workers=args.workers, drop_last=len(tr_img) > args.batch,
-                                 persistent_workers=args.workers > 0)
+                                 persistent_workers=args.workers > 0,
+                                 pin_memory=self.device.type == "cuda")
         steps = len(self.loader) if not args.max_steps else min(args.max_steps, len(self.loader))
         self.steps_per_epoch = steps
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr,
@@ -246,9 +219,11 @@ class Trainer:
         for step, (x, y, _) in enumerate(bar):
             if step >= self.steps_per_epoch:
                 break
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
             if self.bf16:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.model(x)
             loss = total_loss(out, y, a.loss, a.input_size, a.heatmap_weight, self.grid)
             self.opt.zero_grad(set_to_none=True)
@@ -281,7 +256,8 @@ class Trainer:
             x = torch.from_numpy(np.stack([normalise(c) for c in p["crops"]]))
             y = torch.from_numpy(np.stack([ds.sample(i)[1][ds.indices] for i in range(len(ds))])
                                  / ds.size).float()
-            losses.append(float(total_loss(net(x), y, a.loss, a.input_size,
+            losses.append(float(total_loss(net(x.to(self.device)), y.to(self.device), a.loss,
+                                           a.input_size,
                                            a.heatmap_weight, self.grid)) * len(ds))
         n = sum(len(d) for d in self.val_ds.values())
         res["val_loss"] = sum(losses) / max(n, 1)
@@ -324,35 +300,6 @@ class Trainer:
             loss_curves(self.history, self.out / "loss_curves.png")
 
 
-@torch.no_grad()
-def recalibrate_bn(model: torch.nn.Module, ds: FaceDataset, images: int = 512,
-                   batch: int = 32, seed: int = 0) -> None:
-    """Precise BatchNorm: re-estimate every BN layer's running mean/variance as a plain
-    average over ``images`` training crops (train-mode forward, no gradients).
-
-    The running averages kept during training can lag behind fast-changing weights; for the
-    ResNet-50 this made evaluation-mode outputs diverge (validation NME 220 % with the
-    running statistics, 20 % recalibrated, on an epoch-7 checkpoint). For the fast net the
-    running statistics were slightly better (4.3 % vs 4.6 %), so ``fkp-train`` keeps
-    whichever validates better (see ``fkp.train.cli.final_outputs``)."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if not bns or len(ds) == 0:
-        return
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None                        # cumulative average
-    was_training = model.training
-    model.train()
-    idx = np.random.default_rng(seed).permutation(len(ds))[:images]
-    for start in range(0, len(idx), batch):
-        model(torch.from_numpy(np.stack([normalise(ds.sample(int(i))[0])
-                                         for i in idx[start:start + batch]])))
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-    model.train(was_training)
-
-
 def load_checkpoint(path: Path) -> dict:
     """Load an fkp-train checkpoint; ValueError with one line for anything else."""
     try:
@@ -364,32 +311,3 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ck, dict) or ck.get("fkp_checkpoint") != 1:
         raise ValueError(f"{path}: not an fkp-train checkpoint")
     return ck
-
-
-def calibrate_score(model: torch.nn.Module, ds: FaceDataset, mean_shape: np.ndarray,
-                    seed: int = 0) -> dict[str, float]:
-    """Face/no-face threshold for the score the runtime uses, from validation faces and
-    non-face crops (the same images cropped one to two face sizes away from the face)."""
-    rng = np.random.default_rng(seed)
-    pos = predict(model, ds)
-    neg_pts = ds.points.copy()
-    for i in range(len(neg_pts)):
-        w = np.ptp(neg_pts[i], axis=0)
-        neg_pts[i] += rng.choice([-1, 1], 2) * rng.uniform(1.0, 2.0, 2) * w
-    neg_ds = FaceDataset(ds.images, neg_pts, ds.size, ds.margin, ds.indices.tolist())
-    neg = predict(model, neg_ds)
-
-    def score(p):
-        if len(p["scores"]):
-            return p["scores"]
-        return shape_plausibility(p["crop_points"] / ds.size, mean_shape[ds.indices])
-
-    sp, sn = score(pos), score(neg)
-    cands = np.unique(np.concatenate([sp, sn]))
-    acc = [((sp >= c).mean() + (sn < c).mean()) / 2 for c in cands]
-    best = float(cands[int(np.argmax(acc))]) if len(cands) else 0.0
-    # lean towards keeping faces: never above the 2nd percentile of true faces
-    thr = min(best, float(np.percentile(sp, 2))) if len(sp) else best
-    return {"score_threshold": thr, "score_pos_median": float(np.median(sp)),
-            "score_neg_median": float(np.median(sn)),
-            "score_balanced_accuracy": float(((sp >= thr).mean() + (sn < thr).mean()) / 2)}
