@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -163,11 +162,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         trainer = Trainer(args)
-        if args.resume:
-            if (Path(args.out) / "last.pt").exists():
-                trainer.resume(Path(args.out) / "last.pt")
-            else:
-                log.warning("--resume: no %s/last.pt, starting fresh", args.out)
+        if trainer.resume_from is not None:
+            trainer.resume(trainer.resume_from)
+        elif args.resume:
+            log.warning("--resume: no %s/last.pt, starting fresh", args.out)
         trainer.fit()
         extra = final_outputs(trainer)
     except (DatasetError, ValueError, OSError) as exc:

@@ -112,8 +112,11 @@ class Trainer:
         self.bn_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
                                  args.seed + 1, tr_off)
         self.init = None                     # --init's record; a resumed run keeps its own
-        resuming = getattr(args, "resume", False) and (self.out / "last.pt").exists()
-        if getattr(args, "init", None) and not resuming:
+        # --resume continues OUT/last.pt when there is one (decided once, here; fkp-train
+        # then calls resume): its weights replace --init's, which is therefore skipped
+        last = self.out / "last.pt"
+        self.resume_from = last if getattr(args, "resume", False) and last.exists() else None
+        if getattr(args, "init", None) and self.resume_from is None:
             from .init_weights import initialise
 
             def crops(n: int = 256) -> torch.Tensor:
