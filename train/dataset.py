@@ -145,3 +145,15 @@ class FaceDataset(Dataset):
         gray, pts, _ = self.sample(i)
         target = pts[self.indices] / self.size
         return torch.from_numpy(normalise(gray)), torch.from_numpy(target), i
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=...)``: give each worker's copy of the dataset its own
+    augmentation stream. Forked workers inherit the parent's ``rng`` state, so without this
+    every worker drew the same rotations, flips, colour jitter and noise, in the same order.
+    The seed is torch's per-worker seed (the loader's base seed, drawn from the torch RNG that
+    ``--seed`` sets, plus the worker id), so runs stay reproducible."""
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "rng"):
+        info.dataset.rng = np.random.default_rng(info.seed)
+

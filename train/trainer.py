@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from fkp.tracker.data import DatasetError, load_all, read_dataset, split_by_group
 
-from .dataset import AugmentConfig, FaceDataset, normalise
+from .dataset import AugmentConfig, FaceDataset, normalise, seed_worker
 from .evaluation import metrics, pick_device, predict, recalibrate_bn
 from .losses import total_loss
 from .models import create_model
@@ -134,6 +134,7 @@ class Trainer:
         self.loader = DataLoader(self.train_ds, batch_size=args.batch, shuffle=True,
                                  num_workers=args.workers, drop_last=len(tr_img) > args.batch,
                                  persistent_workers=args.workers > 0,
+                                 worker_init_fn=seed_worker,
                                  pin_memory=self.device.type == "cuda")
         steps = len(self.loader) if not args.max_steps else min(args.max_steps, len(self.loader))
         self.steps_per_epoch = steps
