@@ -82,3 +82,14 @@ def run_module(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(p.stderr[-2000:])
     return p
+
+
+def int8_conv_weights(proto) -> list[np.ndarray]:
+    """The int8 convolution weights (as int arrays) that a QDQ ONNX graph dequantizes."""
+    from onnx import numpy_helper
+
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return [inits[n.input[0]].astype(int) for n in proto.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
+

@@ -47,15 +47,10 @@ def test_shipped_int8_weights_use_7_bits(path):
     pair sums saturate: the default net lost 9-12 % NME there), so every shipped int8 file
     keeps its weights within 7 bits and says so in its metadata."""
     onnx = pytest.importorskip("onnx")
-    from onnx import numpy_helper
-
+    from datasets import int8_conv_weights
     from fkp.tracker.runtime import LandmarkModel
 
-    proto = onnx.load(str(path))
-    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
-               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
-               and inits[n.input[0]].ndim == 4]
+    weights = int8_conv_weights(onnx.load(str(path)))
     assert len(weights) > 10
-    assert max(int(np.abs(w.astype(int)).max()) for w in weights) <= 64
+    assert max(int(np.abs(w).max()) for w in weights) <= 64
     assert "7 bits" in LandmarkModel(path, "cpu").meta.training["quantization"]["method"]

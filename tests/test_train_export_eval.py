@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from datasets import run_module as run, write_folder
+from datasets import int8_conv_weights, run_module as run, write_folder
 from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
 
@@ -86,10 +86,7 @@ def test_quantize_int8_checks_accuracy_and_keeps_the_contract(trained):
     ops = {n.op_type for n in proto.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Softmax"} <= ops
     # weights in 7 bits (no int16 saturation on AVX2 CPUs without VNNI), scaled to fill them
-    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
-    weights = [inits[n.input[0]] for n in proto.graph.node if n.op_type == "DequantizeLinear"
-               and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
-               and inits[n.input[0]].ndim == 4]
+    weights = int8_conv_weights(proto)
     assert weights and max(int(np.abs(w).max()) for w in weights) in range(60, 65)
     from fkp.tracker.runtime import LandmarkModel
 
