@@ -91,11 +91,17 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         mb = (np.stack(mirrored) - t).mean(axis=(0, 1))
         extra = {"bias_mirrored_px": [round(float(v), 4) for v in mb],
                  "label_offset_x_px": round(-float((pred - t)[..., 0].mean() + mb[0]) / 2, 4)}
-    return {**extra, "n": int(len(pred)), "nme": float(errors.mean()),
-            "mae": float(np.abs(pred - t).mean()),
+    return {**extra, **_summary(pred, t, errors),
             "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
-            "failure_rate": float(100 * (errors > 10).mean()), "skipped": skipped,
-            "errors": errors, "points": pred, "truth": truth}
+            "skipped": skipped, "points": pred, "truth": truth}
+
+
+def _summary(pred: np.ndarray, truth: np.ndarray, errors: np.ndarray) -> dict:
+    """``n``, ``nme``, ``mae``, ``failure_rate`` and the per-face ``errors`` (% IOD) of
+    predictions (N, K, 2) against the matching labels (N, K, 2), image pixels."""
+    return {"n": int(len(pred)), "nme": float(errors.mean()),
+            "mae": float(np.abs(pred - truth).mean()),
+            "failure_rate": float(100 * (errors > 10).mean()), "errors": errors}
 
 
 def compare(results: dict[str, dict]) -> dict:
@@ -112,15 +118,12 @@ def compare(results: dict[str, dict]) -> dict:
             raise ModelError(f"{name}: several --model values need 68-point models and the "
                              "same faces")
     pred = np.mean([results[n]["points"] for n in names], axis=0)
-    errors = nme_fn(pred, truth)
     iod = interocular(truth)
     dis = {f"{a}|{b}": round(float((100 * np.linalg.norm(results[a]["points"]
                                                          - results[b]["points"], axis=-1)
                                     .mean(-1) / iod).mean()), 4)
            for i, a in enumerate(names) for b in names[i + 1:]}
-    return {"n": int(len(pred)), "nme": float(errors.mean()),
-            "mae": float(np.abs(pred - truth).mean()),
-            "failure_rate": float(100 * (errors > 10).mean()), "errors": errors,
+    return {**_summary(pred, truth, nme_fn(pred, truth)),
             "members": {n: round(results[n]["nme"], 4) for n in names}, "disagreement": dis}
 
 
