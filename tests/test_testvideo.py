@@ -78,8 +78,9 @@ def video(astro_folder, tmp_path_factory) -> Path:
     return out
 
 
-def run_score(capsys, truth: Path, track: Path) -> dict:
-    assert testvideo.main(["score", str(truth), str(track)]) == 0
+def run_score(capsys, *files: Path | str) -> dict:
+    """``fkp-testvideo score TRUTH TRACK [TRUTH TRACK ...]`` -> its last-line JSON."""
+    assert testvideo.main(["score", *map(str, files)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) > 1
     return json.loads(lines[-1])
@@ -187,6 +188,21 @@ def test_score_known_errors(video, tmp_path, capsys):
     assert s.still_pairs == len(sq) > 0
     assert res["jitter_pct"] == pytest.approx(100 * np.sqrt(np.mean(sq)), rel=1e-3)
 
+    # pooled with a second video where nothing was tracked: every count adds up, the
+    # errors are those of the first video alone
+    none = tmp_path / "none.csv"
+    write_track(none, [])
+    t = str(testvideo.truth_path_for(video))
+    both = run_score(capsys, t, track, t, none)
+    assert both["true_faces"] == 2 * n_true and both["still_pairs"] == s.still_pairs
+    assert both["detected_pct"] == pytest.approx(res["detected_pct"] / 2, abs=1e-3)
+    assert both["failure_pct"] == pytest.approx(50 + res["failure_pct"] / 2, abs=1e-3)
+    assert (both["nme_pct"], both["jitter_pct"]) == (res["nme_pct"], res["jitter_pct"])
+    assert both["false_positives"] == 1
+    twice = run_score(capsys, t, track, t, track)      # no jitter pair spans the two videos
+    assert twice["still_pairs"] == 2 * s.still_pairs and twice["jitter_pct"] == \
+        res["jitter_pct"]
+
 
 def test_bad_input_one_line(tmp_path, capsys):
     assert testvideo.main(["score", str(tmp_path / "none.csv"), str(tmp_path / "t.csv")]) != 0
@@ -200,6 +216,8 @@ def test_bad_input_one_line(tmp_path, capsys):
     bad.write_text("a,b\n1,2\n")
     assert testvideo.main(["score", str(bad), str(bad)]) != 0
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert testvideo.main(["score", str(bad), str(bad), str(bad)]) != 0
+    assert "pairs" in capsys.readouterr().err
 
 
 def test_help_and_usage_errors(capsys):

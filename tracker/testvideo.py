@@ -42,7 +42,7 @@ import numpy as np
 
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
-from .videoscore import ScoreError, score_files
+from .videoscore import ScoreError, score_pooled
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger(__name__)
@@ -290,9 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a tracker CSV against a truth CSV",
                        description="Detected %, NME % (IOD = points 36/45), failure % "
                                    "(missed or NME > 10 %), jitter (% of IOD, still frames). "
+                                   "Several TRUTH TRACK pairs are pooled: every face in every "
+                                   "frame of every video counts once. "
                                    "Last stdout line: one JSON object.")
-    s.add_argument("truth", metavar="TRUTH", help="OUT.truth.csv (or the video: its sidecar)")
-    s.add_argument("track", metavar="TRACK.csv", help="fkp-track --csv output")
+    s.add_argument("files", nargs="+", metavar="TRUTH TRACK.csv",
+                   help="OUT.truth.csv (or the video: its sidecar) and the fkp-track --csv "
+                        "output for it; more pairs may follow")
     s.add_argument("--frames", type=int, default=0, metavar="N",
                    help="score only the first N frames (e.g. fkp-bench --frames N); 0 = all")
     for sp in (m, s):
@@ -314,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                                args.split, args.val_fraction)
             print(f"wrote {args.out} and {truth}")
             return 0
-        truth = Path(args.truth)
-        if truth.suffix.lower() != ".csv":
-            truth = truth_path_for(truth)
-        result = score_files(truth, args.track, args.frames)
+        if len(args.files) % 2:
+            raise ValueError("score takes TRUTH TRACK.csv pairs: an odd number of files given")
+        pairs = [(Path(t) if Path(t).suffix.lower() == ".csv" else truth_path_for(t), k)
+                 for t, k in zip(args.files[::2], args.files[1::2])]
+        result = score_pooled(pairs, args.frames)
         for line in result.lines():
             print(line)
         print(json.dumps(result.to_json_dict()))

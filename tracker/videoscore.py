@@ -186,9 +186,8 @@ def score(truth: FaceRows, track: FaceRows) -> Score:
     )
 
 
-def score_files(truth_path: str | Path, track_path: str | Path, frames: int = 0) -> Score:
-    """:func:`score` on two CSV files, on the first ``frames`` frames only when > 0 (raises
-    :class:`ScoreError` for unusable input)."""
+def _load(truth_path: str | Path, track_path: str | Path, frames: int) -> tuple[FaceRows, FaceRows]:
+    """Truth and track rows of one video, the first ``frames`` frames only when > 0."""
     truth = read_points_csv(truth_path)
     if frames > 0:
         truth = {f: v for f, v in truth.items() if f < frames}
@@ -197,4 +196,27 @@ def score_files(truth_path: str | Path, track_path: str | Path, frames: int = 0)
     track = read_points_csv(track_path)
     if frames > 0:
         track = {f: v for f, v in track.items() if f < frames}
+    return truth, track
+
+
+def score_files(truth_path: str | Path, track_path: str | Path, frames: int = 0) -> Score:
+    """:func:`score` on two CSV files, on the first ``frames`` frames only when > 0 (raises
+    :class:`ScoreError` for unusable input)."""
+    return score(*_load(truth_path, track_path, frames))
+
+
+def score_pooled(pairs: list[tuple[str | Path, str | Path]], frames: int = 0) -> Score:
+    """One :class:`Score` over several (truth, track) file pairs, every face in every frame
+    counting once: as if the videos were played one after another (no jitter pair spans two
+    videos; ``frames`` counts frames with a face over all of them)."""
+    truth: FaceRows = {}
+    track: FaceRows = {}
+    offset = 0
+    for truth_path, track_path in pairs:
+        t, k = _load(truth_path, track_path, frames)
+        span = max(max(t), max(k, default=0)) + 2       # a gap: frame - 1 is never shared
+        for rows, out in ((t, truth), (k, track)):
+            for f, faces in rows.items():
+                out[offset + f] = [(offset + i, p) for i, p in faces]
+        offset += span + max((i for v in t.values() for i, _ in v), default=0) + 1
     return score(truth, track)
