@@ -58,6 +58,30 @@ def test_a_moving_head_with_its_hair_does_not():
     assert ChangeGate.changed_cells(gate, shot(new, rng), np.zeros((0, 4))) > 0
 
 
+def test_arrival_is_a_change_after_a_still_check():
+    bg, rng = background(), np.random.default_rng(5)
+    gate = ChangeGate()
+    assert not gate.arrived(shot(bg, rng), HEAD)            # no still check seen yet
+    gate.scanned(shot(bg, rng), HEAD)
+    assert not gate.arrived(shot(bg, rng), HEAD)            # still: nothing arrived
+    scene = bg.copy()
+    scene[330:400, 480:540] = 220.0                          # a face steps in
+    assert gate.arrived(shot(scene, rng), HEAD)
+    scene[330:400, 470:530] = 220.0                          # ... and keeps moving:
+    assert not gate.arrived(shot(scene, rng), HEAD)          # not a new arrival
+    assert gate.should_scan(shot(scene, rng), HEAD)          # the periodic scan still runs
+    gate.scanned(shot(scene, rng), HEAD)
+    assert not gate.arrived(shot(scene, rng), HEAD)          # still again after the scan
+    scene[50:120, 40:100] = 30.0                             # someone else steps in
+    assert gate.arrived(shot(scene, rng), HEAD)
+    # a scene that changes at every check (a moving camera) arrives once, not again
+    gate = ChangeGate()
+    gate.scanned(shot(bg, rng), HEAD)
+    assert not gate.arrived(shot(bg, rng), HEAD)
+    assert [gate.arrived(shot(background(seed), rng), HEAD) for seed in range(10, 15)] == \
+        [True] + [False] * 4
+
+
 def test_no_reference_or_a_new_frame_size_scans():
     bg, rng = background(), np.random.default_rng(4)
     gate = ChangeGate()
@@ -89,3 +113,20 @@ def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_mod
     assert runs[False]["detections"] == 5 and runs[False]["scans_skipped"] == 0
     # first frame, then ticks 5, 10, 15 skipped, 20 forced (max_skips 3)
     assert runs[True]["detections"] == 2 and runs[True]["scans_skipped"] == 3
+
+
+def test_tracker_scans_at_once_when_a_face_arrives(tiny_model, astronaut_bgr):
+    """A second face appearing in a still scene is found within redetect_every // 6 frames
+    (the change gate's arrival check), not at the next periodic tick."""
+    from conftest import face_frame
+    from fkp.tracker.tracking import Tracker
+
+    one = np.full((240, 480, 3), 128, np.uint8)
+    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
+    two = one.copy()
+    two[:, 240:] = one[:, :240]
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=30, async_scan=False)
+    assert [len(tracker.process(one)) for _ in range(12)] == [1] * 12    # detected at 0
+    found = [len(tracker.process(two)) for _ in range(8)]      # appears at frame 12 ...
+    assert found.index(2) <= 5                                  # found by frame 17, not 30
+    assert tracker.stats["detections"] == 2 and tracker.stats["scans_skipped"] == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fkp.tracker.calibrate_detector import ASTRONAUT_LANDMARK_BOX
-from fkp.tracker.detectors import (BoxFactors, Detector, DetectorError, HaarDetector,
-                                   YuNetDetector, iou, make_detector)
+from fkp.tracker.detectors import (BoxFactors, Detector, DetectorError, FallbackDetector,
+                                   HaarDetector, YuNetDetector, iou, make_detector)
 from fkp.tracker.smoothing import OneEuroFilter
 
 
@@ -53,9 +53,79 @@ def test_box_factors():
     np.testing.assert_allclose(out, [[3.5, -6.0, 8.5, 34.0]])
 
 
+def test_box_factors_invert_apply():
+    f = BoxFactors(dx=0.1, dy=0.2, sx=0.5, sy=2.0)
+    boxes = np.array([[0.0, 0.0, 10.0, 20.0], [5.0, -3.0, 40.0, 9.0]])
+    np.testing.assert_allclose(f.invert(f.apply(boxes)), boxes, atol=1e-12)
+
+
+def tilted(gray: np.ndarray, degrees: float) -> np.ndarray:
+    """The astronaut turned about its landmark-box centre (which stays put)."""
+    b = ASTRONAUT_LANDMARK_BOX
+    turn = cv2.getRotationMatrix2D(((b[0] + b[2]) / 2, (b[1] + b[3]) / 2), degrees, 1.0)
+    return cv2.warpAffine(gray, turn, gray.shape[::-1], borderMode=cv2.BORDER_REFLECT)
+
+
+@pytest.mark.parametrize("degrees, roll", [(-25, 20), (25, -20)])
+def test_turned_cascade_finds_a_tilted_face(astronaut_bgr, degrees, roll):
+    """Turned 25 degrees, the face escapes the upright cascade; the cascade run on the frame
+    turned back by 20 finds it, and its box comes back to the frame at the face."""
+    gray = tilted(cv2.cvtColor(astronaut_bgr, cv2.COLOR_BGR2GRAY), degrees)
+    truth = np.array([ASTRONAUT_LANDMARK_BOX])
+    for wrong in (HaarDetector(), HaarDetector(roll=-roll)):    # upright, or turned away
+        found = wrong.detect(gray)
+        assert not len(found) or iou(wrong.to_landmark_box(found[:, :4]), truth).max() < 0.3
+    det = HaarDetector(roll=roll)
+    boxes = det.detect(gray)
+    assert len(boxes) >= 1
+    assert iou(det.to_landmark_box(boxes[:, :4]), truth).max() > 0.75
+
+
+class Fixed:
+    """A fake detector returning one fixed box, with its own box factors; counts calls."""
+
+    def __init__(self, box, factors: BoxFactors, score: float) -> None:
+        self.box, self.factors, self.score, self.calls = box, factors, score, 0
+
+    def detect(self, gray):
+        self.calls += 1
+        return np.array([[*self.box, self.score]], np.float64)
+
+    def to_landmark_box(self, boxes):
+        return self.factors.apply(boxes)
+
+
+def test_fallback_detector_takes_turns_in_the_primary_convention():
+    primary = Fixed((0, 0, 10, 10), BoxFactors(dy=0.2, sx=0.8, sy=0.9), 0.5)
+    fbs = [Fixed((100, 100, 120, 130), BoxFactors(dx=0.1, sx=1.2, sy=1.1), s)
+           for s in (0.9, 0.3)]
+    det = FallbackDetector(primary, fbs)
+    assert isinstance(det, Detector)
+    gray = np.zeros((8, 8), np.uint8)
+    for _ in range(5):
+        out = det.detect(gray)
+    assert primary.calls == 5 and [f.calls for f in fbs] == [3, 2]
+    np.testing.assert_array_equal(out[:, 4], [0.9, 0.5])     # the 5th call: fallback 0
+    # the fallback's landmark box is what the primary's mapping gives for its returned box
+    np.testing.assert_allclose(det.to_landmark_box(out[:1, :4]),
+                               fbs[0].to_landmark_box(np.array([fbs[0].box], float)))
+    np.testing.assert_allclose(out[1, :4], primary.box)
+    with pytest.raises(ValueError):
+        FallbackDetector(primary, [])
+    with pytest.raises(ValueError, match="BoxFactors"):
+        FallbackDetector(object(), fbs)
+
+
 def test_make_detector_and_yunet_errors(tmp_path):
-    assert isinstance(make_detector(None), HaarDetector)
-    assert isinstance(make_detector("haar"), HaarDetector)
+    default = make_detector(None)
+    assert isinstance(default, FallbackDetector) and isinstance(make_detector("haar"),
+                                                                FallbackDetector)
+    scan = default.for_scan()         # periodic scans: the cascade's cheaper twin + fallbacks
+    assert isinstance(scan, FallbackDetector) and scan.fallbacks == default.fallbacks
+    assert (scan.primary.min_size, default.primary.min_size) == (36, 24)
+    assert isinstance(make_detector("haar-single"), HaarDetector)
+    with pytest.raises(DetectorError, match="equalize"):
+        HaarDetector(equalize="gamma")
     with pytest.raises(DetectorError, match="does not exist"):
         YuNetDetector(tmp_path / "nope.onnx")
     bad = tmp_path / "bad.onnx"

@@ -59,8 +59,9 @@ def test_detection_not_every_frame(run):
     # periodic (every 10), on loss, on every blank frame (nothing tracked), on re-appearance
     assert detected[:3] == [0, 10, 20]
     assert len(detected) <= 14
-    for i in (1, 2, 3, FACE_FRAMES + BLANK_FRAMES + 1):
-        assert timings[i]["detect"] == 0.0 and timings[i]["infer"] > 0
+    for i in (1, 2, 3, FACE_FRAMES + BLANK_FRAMES + 1):      # tracking frames: no detector
+        assert not results[i].detected and timings[i]["infer"] > 0   # (the change gate's
+        assert timings[i]["detect"] < timings[0]["detect"]            # checks may run)
     assert timings[0]["detect"] > 0
     assert set(timings[0]) == set(STAGES)
     assert all(t["total"] >= t["detect"] + t["crop"] + t["infer"] for t in timings)

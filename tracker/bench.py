@@ -84,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--always-scan", action="store_true",
                     help="run every periodic scan, also when nothing changed outside the "
                          "tracked faces since the last one (as fkp-track --always-scan)")
-    ap.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
-                    help="face detector for (re)starting tracks (default: haar)")
+    ap.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
+                    help="face detector for (re)starting tracks: haar (default; OpenCV's "
+                         "cascade plus fallbacks for tilted and low-contrast faces, one "
+                         "per frame in turn), haar-single (the cascade alone), or a YuNet "
+                         "model file")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
                     help="detector period while tracking, as in fkp-track (default: 30)")
     ap.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",

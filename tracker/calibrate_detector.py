@@ -7,7 +7,7 @@ the medians are the factors. ``--astronaut`` adds skimage's astronaut with a han
 landmark box (below). Usage::
 
     python -m fkp.tracker.calibrate_detector /work/shared/data/youtube-faces-68 --count 300 \
-        --astronaut [--detector haar|yunet.onnx]
+        --astronaut [--detector haar-single|yunet.onnx]
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="calibrate_detector", description=__doc__.split("\n")[0])
     ap.add_argument("data", type=Path, help="folder with images/ and landmarks.csv")
     ap.add_argument("--count", type=int, default=300, help="images to use (one per person first)")
-    ap.add_argument("--detector", default="haar", help="haar or a YuNet .onnx file")
+    ap.add_argument("--detector", default="haar-single",
+                    help="haar-single (the default cascade alone) or a YuNet .onnx file")
     ap.add_argument("--astronaut", action="store_true", help="add skimage's astronaut")
     args = ap.parse_args(argv)
 

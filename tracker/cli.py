@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--flip-test", action="store_true",
                    help="also run each crop mirrored and average: twice the inference time, "
                         "lower error")
-    m.add_argument("--detector", default="haar", metavar="haar|YUNET.onnx",
-                   help="face detector for (re)starting tracks (default: haar)")
+    m.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
+                   help="face detector for (re)starting tracks: haar (default; OpenCV's "
+                        "cascade plus fallbacks for tilted and low-contrast faces, one "
+                        "per frame in turn), haar-single (the cascade alone), or a YuNet "
+                        "model file")
     m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
                    help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
     m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")

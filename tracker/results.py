@@ -1,4 +1,5 @@
-"""What the tracker returns: plain dataclasses of numpy arrays (never None).
+"""What goes into the tracker and what it returns: frames checked by :func:`as_image`, and
+plain dataclasses of numpy arrays (never None).
 
 Coordinates are frame pixels (x right, y down, pixel centres at integers); N faces, K points.
 """
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 
@@ -51,3 +53,26 @@ class FrameResult:
         """Per-face view of the arrays."""
         return [Face(int(i), float(s), p, b)
                 for i, s, p, b in zip(self.ids, self.scores, self.points, self.boxes)]
+
+
+def as_image(frame: np.ndarray) -> np.ndarray:
+    """Validate a frame: BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 ->
+    BGR (H, W, 3) or gray (H, W), without copying where possible."""
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+        raise ValueError("frame must be a uint8 array (H, W) or (H, W, C)")
+    if frame.ndim == 2:
+        return frame
+    c = frame.shape[2]
+    if c == 1:
+        return frame[:, :, 0]
+    if c == 3:
+        return frame
+    if c == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    raise ValueError(f"frame with {c} channels")
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 -> gray (H, W) uint8."""
+    image = as_image(frame)
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)

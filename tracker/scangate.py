@@ -15,7 +15,10 @@ then and now: ``min_cells`` cells changed by more than ``level`` grey levels mea
 neck: a moving head changes those pixels too. A moving body, a moving or shaking camera, a
 light switched on, a person walking in: all change cells, and the scan runs as without the
 gate, so it saves work in still scenes (a person at a desk, a fixed camera). Every
-``max_skips`` skipped ticks a scan runs anyway.
+``max_skips`` skipped ticks a scan runs anyway. Between ticks the tracker asks
+:meth:`ChangeGate.arrived` every few frames: a change after a still check means something
+has just appeared, and the scan runs at once instead of up to ``redetect_every`` frames
+later.
 
 Coordinates: frame pixels (x right, y down) for boxes (N, 4) ``x0, y0, x1, y1``.
 """
@@ -36,8 +39,9 @@ def thumbnail(image: np.ndarray, cell: int) -> np.ndarray:
 
 
 class ChangeGate:
-    """``should_scan(image, boxes)`` at a periodic tick; ``scanned(image, boxes)`` whenever a
-    scan runs (periodic or not). ``skipped`` counts the scans it saved."""
+    """``should_scan(image, boxes)`` at a periodic tick; ``arrived(image, boxes)`` at checks
+    between ticks; ``scanned(image, boxes)`` whenever a scan runs (periodic or not).
+    ``skipped`` counts the scans it saved."""
 
     def __init__(self, cell: int = 8, level: int = 15, min_cells: int = 4,
                  pad: tuple[float, float, float, float] = (0.3, 0.6, 0.3, 0.3),
@@ -51,6 +55,7 @@ class ChangeGate:
         self._thumb: np.ndarray | None = None
         self._boxes = np.zeros((0, 4))
         self._skips = 0
+        self._was_changed = True        # no still check seen yet: no arrival
         self.skipped = 0
 
     def scanned(self, image: np.ndarray, boxes: np.ndarray) -> None:
@@ -83,9 +88,23 @@ class ChangeGate:
         """True when the periodic scan should run on this frame (boxes (N, 4): tracked now)."""
         if self._skips >= self.max_skips:
             return True
-        n = self.changed_cells(image, boxes)
-        if n < 0 or n >= self.min_cells:
+        if self._changed(image, boxes):
             return True
         self._skips += 1
         self.skipped += 1
         return False
+
+    def arrived(self, image: np.ndarray, boxes: np.ndarray) -> bool:
+        """A check between periodic ticks: True when cells changed since the last scan and
+        the previous check (this or a tick's) saw none: something new has appeared in a still
+        scene, so a scan should run now rather than at the next tick. In a scene that keeps
+        changing, only its first change counts, so scans stay periodic there."""
+        was_changed = self._was_changed
+        return self._changed(image, boxes) and not was_changed
+
+    def _changed(self, image: np.ndarray, boxes: np.ndarray) -> bool:
+        """Did ``min_cells`` cells change since the last scan (or is there none)? Remembered
+        for :meth:`arrived`."""
+        n = self.changed_cells(image, boxes)
+        self._was_changed = n < 0 or n >= self.min_cells
+        return self._was_changed

@@ -16,9 +16,11 @@ Per frame:
    frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
    :meth:`Tracker.request_detection`. The periodic scan for new faces uses the detector's
    cheaper ``for_scan`` twin where it has one (Haar: no faces under 72 px in a 640x480
-   frame, 0.8 -> 0.5 ms per frame on average) and is skipped where nothing changed outside
-   the tracked faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``);
-   with ``async_scan`` it runs on a worker thread so it never stalls the frame loop, and its
+   frame) and is skipped where nothing changed outside
+   the tracked faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``).
+   Between those ticks the gate is asked every ``redetect_every // 6`` frames whether
+   something has just appeared in a still scene; if so, the scan runs at once. With
+   ``async_scan`` it runs on a worker thread so it never stalls the frame loop, and its
    faces join a few frames later through the same refinement. Detection when no face is
    tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark boxes
    (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
@@ -44,13 +46,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 
 from .detectors import Detector, iou, make_detector
 from .geometry import apply_affine, box_from_points, invert_affine, roll_angle
 from .runtime import LandmarkModel
-from .results import Face, FrameResult, empty_points
+from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ChangeGate
 from .smoothing import OneEuroFilter
 
@@ -72,29 +73,6 @@ class _Track:
 
     def crop_points(self) -> np.ndarray:
         return self.points if self.shown is None else self.shown
-
-
-def as_image(frame: np.ndarray) -> np.ndarray:
-    """Validate a frame: BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 ->
-    BGR (H, W, 3) or gray (H, W), without copying where possible."""
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
-        raise ValueError("frame must be a uint8 array (H, W) or (H, W, C)")
-    if frame.ndim == 2:
-        return frame
-    c = frame.shape[2]
-    if c == 1:
-        return frame[:, :, 0]
-    if c == 3:
-        return frame
-    if c == 4:
-        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-    raise ValueError(f"frame with {c} channels")
-
-
-def to_gray(frame: np.ndarray) -> np.ndarray:
-    """BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 -> gray (H, W) uint8."""
-    image = as_image(frame)
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
 
 
 class Tracker:
@@ -222,14 +200,15 @@ class Tracker:
         self._since_detect += 1
         urgent = not self._tracks or lost or self._detect_requested
         due = urgent or (self.redetect_every and self._since_detect >= self.redetect_every)
+        arrival = not due and self._arrival(image)
         detected = False
         if self._scan is not None and (self._scan.done() or urgent):
             dets = self._scan.result()          # an earlier background scan has finished
             self._scan = None
             self._start_tracks(image, w, h, dets)
             detected = True
-        if due and (len(self._tracks) < self.max_faces or self._detect_requested):
-            if not urgent and self._scan is None and not self._gate_open(image):
+        if (due or arrival) and (len(self._tracks) < self.max_faces or self._detect_requested):
+            if not (urgent or arrival) and self._scan is None and not self._gate_open(image):
                 self._since_detect = 0           # nothing new can be there: skip this scan
             elif urgent or not self.async_scan:
                 scanner = self.detector if urgent else self.scan_detector
@@ -333,6 +312,18 @@ class Tracker:
             ok = self.gate.should_scan(image, self._boxes())
         self.stats["scans_skipped"] += not ok
         return ok
+
+    def _arrival(self, image: np.ndarray) -> bool:
+        """Between periodic scans, every ``redetect_every // 6`` frames while faces are
+        tracked and there is room for more: has something just appeared outside them (the
+        change gate's :meth:`~fkp.tracker.scangate.ChangeGate.arrived`, timed as ``detect``)?"""
+        step = max(1, self.redetect_every // 6)
+        if (self.gate is None or not self.redetect_every or not self._tracks
+                or self._scan is not None or len(self._tracks) >= self.max_faces
+                or self._since_detect % step):
+            return False
+        with self._timed("detect"):
+            return self.gate.arrived(image, self._boxes())
 
     def _gate_scanned(self, image: np.ndarray) -> None:
         """Tell the change gate that this frame was scanned (timed as ``detect``)."""
