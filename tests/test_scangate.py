@@ -130,3 +130,39 @@ def test_tracker_scans_at_once_when_a_face_arrives(tiny_model, astronaut_bgr):
     found = [len(tracker.process(two)) for _ in range(8)]      # appears at frame 12 ...
     assert found.index(2) <= 5                                  # found by frame 17, not 30
     assert tracker.stats["detections"] == 2 and tracker.stats["scans_skipped"] == 0
+
+
+def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
+    """An arrival scan that misses the new face (here: a detector that fails once) is
+    retried at the next checks, without waiting for the next periodic tick; once a track
+    starts, retries stop."""
+    from conftest import face_frame
+    from fkp.tracker.detectors import HaarDetector
+    from fkp.tracker.tracking import ARRIVAL_RETRIES, Tracker
+
+    class Flaky(HaarDetector):
+        """Finds nothing while ``misses`` > 0; its scan twin is itself."""
+        misses, calls = 0, 0
+
+        def for_scan(self):
+            return self
+
+        def detect(self, gray):
+            self.calls += 1
+            if self.misses > 0:
+                self.misses -= 1
+                return np.zeros((0, 5))
+            return super().detect(gray)
+
+    one = np.full((240, 480, 3), 128, np.uint8)
+    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
+    two = one.copy()
+    two[:, 240:] = one[:, :240]
+    det = Flaky()
+    tracker = Tracker(tiny_model, device="cpu", threads=1, detector=det, redetect_every=30,
+                      async_scan=False)
+    assert [len(tracker.process(one)) for _ in range(12)] == [1] * 12
+    det.misses = ARRIVAL_RETRIES           # the arrival scan and the first retry miss
+    found = [len(tracker.process(two)) for _ in range(16)]       # appears at frame 12
+    # arrival check at frame 15 (missed), retries at 20 (missed) and 25 (found)
+    assert found.index(2) == 25 - 12 and det.calls == 1 + 1 + ARRIVAL_RETRIES

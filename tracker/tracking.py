@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
+ARRIVAL_RETRIES = 2              # scans after an arrival that found no face: 3 in all
 
 
 @dataclass
@@ -148,6 +149,7 @@ class Tracker:
         self._next_id = 0
         self._frame_no = 0
         self._since_detect = 0
+        self._retries = 0                       # arrival scans still to try (see _arrival)
         self._detect_requested = True
         if getattr(self, "_scan", None) is not None:
             self._scan.result()                 # let a running scan end, then drop it
@@ -316,14 +318,23 @@ class Tracker:
     def _arrival(self, image: np.ndarray) -> bool:
         """Between periodic scans, every ``redetect_every // 6`` frames while faces are
         tracked and there is room for more: has something just appeared outside them (the
-        change gate's :meth:`~fkp.tracker.scangate.ChangeGate.arrived`, timed as ``detect``)?"""
+        change gate's :meth:`~fkp.tracker.scangate.ChangeGate.arrived`, timed as ``detect``)?
+        Until a new track starts, the next ``ARRIVAL_RETRIES`` checks scan again (the gate
+        would not see the face again: the last scan's frame holds it), so each fallback
+        detector gets its turn."""
         step = max(1, self.redetect_every // 6)
         if (self.gate is None or not self.redetect_every or not self._tracks
                 or self._scan is not None or len(self._tracks) >= self.max_faces
                 or self._since_detect % step):
             return False
+        if self._retries > 0:
+            self._retries -= 1
+            return True
         with self._timed("detect"):
-            return self.gate.arrived(image, self._boxes())
+            arrived = self.gate.arrived(image, self._boxes())
+        if arrived:
+            self._retries = ARRIVAL_RETRIES
+        return arrived
 
     def _gate_scanned(self, image: np.ndarray) -> None:
         """Tell the change gate that this frame was scanned (timed as ``detect``)."""
@@ -380,6 +391,7 @@ class Tracker:
             self.stats["tracks_started"] += 1
             log.debug("track %d started (score %.2f)", self._next_id, s)
             self._next_id += 1
+            self._retries = 0
 
     def _result(self, index: int, timestamp_ms: float, detected: bool) -> FrameResult:
         k = self.num_points
