@@ -92,15 +92,23 @@ def test_no_reference_or_a_new_frame_size_scans():
     assert gate.should_scan(shot(bg, rng), HEAD)
 
 
-def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_model,
-                                                                         astronaut_bgr):
+def one_and_two_faces(astronaut_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two 480x240 BGR frames of a still scene: the astronaut on the left; and a second
+    astronaut stepped in on the right."""
     from conftest import face_frame
-    from fkp.tracker.tracking import Tracker
 
     one = np.full((240, 480, 3), 128, np.uint8)
     one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
     two = one.copy()
     two[:, 240:] = one[:, :240]
+    return one, two
+
+
+def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_model,
+                                                                         astronaut_bgr):
+    from fkp.tracker.tracking import Tracker
+
+    one, two = one_and_two_faces(astronaut_bgr)
     runs = {}
     for gated in (True, False):
         tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=5,
@@ -118,13 +126,9 @@ def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_mod
 def test_tracker_scans_at_once_when_a_face_arrives(tiny_model, astronaut_bgr):
     """A second face appearing in a still scene is found within redetect_every // 6 frames
     (the change gate's arrival check), not at the next periodic tick."""
-    from conftest import face_frame
     from fkp.tracker.tracking import Tracker
 
-    one = np.full((240, 480, 3), 128, np.uint8)
-    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
-    two = one.copy()
-    two[:, 240:] = one[:, :240]
+    one, two = one_and_two_faces(astronaut_bgr)
     tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=30, async_scan=False)
     assert [len(tracker.process(one)) for _ in range(12)] == [1] * 12    # detected at 0
     found = [len(tracker.process(two)) for _ in range(8)]      # appears at frame 12 ...
@@ -136,7 +140,6 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
     """An arrival scan that misses the new face (here: a detector that fails once) is
     retried at the next checks, without waiting for the next periodic tick; once a track
     starts, retries stop."""
-    from conftest import face_frame
     from fkp.tracker.detectors import HaarDetector
     from fkp.tracker.tracking import ARRIVAL_RETRIES, Tracker
 
@@ -154,10 +157,7 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
                 return np.zeros((0, 5))
             return super().detect(gray)
 
-    one = np.full((240, 480, 3), 128, np.uint8)
-    one[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
-    two = one.copy()
-    two[:, 240:] = one[:, :240]
+    one, two = one_and_two_faces(astronaut_bgr)
     det = Flaky()
     tracker = Tracker(tiny_model, device="cpu", threads=1, detector=det, redetect_every=30,
                       async_scan=False)

@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the detector every N frames to catch new faces; 0: only when a "
                         "face is lost (default: 30)")
     m.add_argument("--always-scan", action="store_true",
-                   help="run every periodic scan; by default one is skipped when nothing "
-                        "changed outside the tracked faces since the last scan")
+                   help="run every periodic scan and no others; by default one is skipped "
+                        "when nothing changed outside the tracked faces since the last scan, "
+                        "and a scan runs at once when something appears in between")
     m.add_argument("--max-faces", type=int, default=4, metavar="N", help="(default: 4)")
     scan = m.add_mutually_exclusive_group()
     scan.add_argument("--sync-detect", action="store_true",

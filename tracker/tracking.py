@@ -16,12 +16,12 @@ Per frame:
    frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
    :meth:`Tracker.request_detection`. The periodic scan for new faces uses the detector's
    cheaper ``for_scan`` twin where it has one (Haar: no faces under 72 px in a 640x480
-   frame) and is skipped where nothing changed outside
-   the tracked faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``).
-   Between those ticks the gate is asked every ``redetect_every // 6`` frames whether
-   something has just appeared in a still scene; if so, the scan runs at once. With
-   ``async_scan`` it runs on a worker thread so it never stalls the frame loop, and its
-   faces join a few frames later through the same refinement. Detection when no face is
+   frame, plus the next fallback) and is skipped where nothing changed outside the tracked
+   faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``). Between those
+   ticks the gate is asked every ``redetect_every // 6`` frames whether something has just
+   appeared in a still scene; if so, the scan runs at once (and twice more if it starts no
+   track). With ``async_scan`` scans run on a worker thread so they never stall the frame
+   loop, and their faces join a few frames later through the same refinement. Detection when no face is
    tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark boxes
    (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
    a two-pass refinement: model on the landmark box, then on the box of those points (one
@@ -95,7 +95,8 @@ class Tracker:
     ``flip_test``: average each crop's prediction with its mirror image's (twice the
     inference work; see :class:`~fkp.tracker.runtime.LandmarkModel`).
     ``scan_gate``: skip a periodic scan when nothing changed outside the tracked faces since
-    the last one (default; False scans every ``redetect_every`` frames regardless).
+    the last one, and scan at once when something appears between periodic scans (default;
+    False scans every ``redetect_every`` frames regardless, and only then).
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
