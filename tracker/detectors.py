@@ -109,7 +109,7 @@ def _load_cascade(name: str | Path | None) -> tuple[cv2.CascadeClassifier, str]:
         path = Path(cv2.data.haarcascades) / path.name
     cascade = cv2.CascadeClassifier(str(path))
     if cascade.empty():
-        raise DetectorError(f"cannot load Haar cascade {name}")
+        raise DetectorError(f"cannot load Haar cascade {path}")
     return cascade, path.name
 
 
@@ -137,7 +137,8 @@ class HaarDetector:
             raise DetectorError(f"equalize must be hist, clahe or none, not {equalize!r}")
         self.cascade, name = _load_cascade(cascade)
         self.equalize = equalize
-        self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+        self.clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) \
+            if equalize == "clahe" else None
         self.factors = CASCADE_FACTORS.get(name, HAAR_FACTORS)
         self.max_side, self.min_size = max_side, min_size
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors

@@ -214,9 +214,8 @@ def score_pooled(pairs: list[tuple[str | Path, str | Path]], frames: int = 0) ->
     offset = 0
     for truth_path, track_path in pairs:
         t, k = _load(truth_path, track_path, frames)
-        span = max(max(t), max(k, default=0)) + 2       # a gap: frame - 1 is never shared
-        for rows, out in ((t, truth), (k, track)):
-            for f, faces in rows.items():
-                out[offset + f] = [(offset + i, p) for i, p in faces]
-        offset += span + max((i for v in t.values() for i, _ in v), default=0) + 1
+        truth.update((offset + f, faces) for f, faces in t.items())
+        track.update((offset + f, faces) for f, faces in k.items())
+        # one empty frame between videos: a jitter pair needs frames f - 1 and f
+        offset += max(max(t), max(k, default=0)) + 2
     return score(truth, track)
