@@ -18,3 +18,37 @@ def test_default_threads_are_the_cores_at_most_two(monkeypatch):
     for cores, want in ((1, 1), (2, 2), (3, 2), (16, 2), (None, 1)):
         monkeypatch.setattr(runtime.os, "cpu_count", lambda c=cores: c)
         assert runtime.default_cpu_threads() == want
+
+
+def test_tensorrt_is_asked_for_only_where_its_libraries_load(monkeypatch):
+    import onnxruntime as ort
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: listed)
+    preloads = []
+    monkeypatch.setattr(runtime, "preload_cuda_libraries", lambda: preloads.append(1))
+    monkeypatch.setattr(runtime, "tensorrt_loadable", lambda: False)
+    assert runtime.select_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(runtime, "tensorrt_loadable", lambda: True)
+    assert runtime.select_providers("cuda") == listed
+    assert runtime.select_providers("cpu") == ["CPUExecutionProvider"]
+    assert len(preloads) == 2                    # the CUDA libraries load only for GPU runs
+
+
+def test_onnxruntime_retry_messages_stay_off_stdout(tiny_model, monkeypatch, capsys, caplog):
+    """onnxruntime prints its provider fallback to stdout, which may be carrying --csv -."""
+    import logging
+
+    import onnxruntime as ort
+
+    real = ort.InferenceSession
+
+    def noisy(*args, **kwargs):
+        print("*** EP Error ***\nFalling back to ['CPUExecutionProvider'] and retrying.")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ort, "InferenceSession", noisy)
+    with caplog.at_level(logging.INFO, logger=runtime.__name__):
+        model = runtime.LandmarkModel(tiny_model, "cpu")
+    assert model.provider == "CPUExecutionProvider"
+    assert capsys.readouterr().out == ""
+    assert any("Falling back" in r.getMessage() for r in caplog.records)

@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "lower error")
     ap.add_argument("--threads", type=int, metavar="N",
                     help="onnxruntime CPU threads (default: the cores, at most 2)")
+    ap.add_argument("--no-cuda-graph", action="store_true",
+                    help="on a GPU, time onnxruntime's plain session instead of replayed "
+                         "CUDA graphs")
     ap.add_argument("--async-detect", action="store_true",
                     help="periodic new-face scan on a worker thread, as fkp-track does for "
                          "cameras (default: in the frame loop, as it does for video files)")
@@ -223,7 +226,8 @@ def bench_inference(args) -> dict:
     crops."""
     from .runtime import LandmarkModel
 
-    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test)
+    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
+                          cuda_graph=not args.no_cuda_graph)
     s = model.size
     yy, xx = np.mgrid[0:s, 0:s]
     crop = (128 + 60 * np.sin(xx / 7.0) * np.cos(yy / 9.0)).astype(np.uint8)[None]
@@ -237,23 +241,28 @@ def bench_inference(args) -> dict:
         times.append((time.perf_counter() - t0) * 1000.0 / args.batch)
     med, mean = float(np.median(times)), float(np.mean(times))
     print(f"{model.path.name} ({model.meta.arch}, {s}x{s}) on {model.provider}, threads "
-          f"{args.threads or 'default'}{', flip test' if args.flip_test else ''}: "
+          f"{args.threads or 'default'}{', flip test' if args.flip_test else ''}"
+          f"{', CUDA graphs' if model.cuda_graph else ''}: "
           f"{med:.3f} ms per face (batch {args.batch}, median of {args.runs} calls; mean "
           f"{mean:.3f})")
     return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4), "batch": args.batch,
             "provider": model.provider, "model": str(model.path), "arch": model.meta.arch,
-            "threads": args.threads or default_cpu_threads(), "flip_test": args.flip_test}
+            "threads": args.threads or default_cpu_threads(), "flip_test": args.flip_test,
+            "cuda_graph": model.cuda_graph}
 
 
 def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
+    from .runtime import LandmarkModel
     from .tracking import Tracker
     from .writers import CsvWriter, check_writable
 
     for p in (args.csv, args.dlib_csv):
         if p:
             check_writable(p)
-    tracker = Tracker(args.model, args.device, args.detector,
+    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
+                          cuda_graph=not args.no_cuda_graph)
+    tracker = Tracker(model, args.device, args.detector,
                       redetect_every=args.redetect_every, threads=args.threads,
                       async_scan=args.async_detect, flip_test=args.flip_test,
                       scan_gate=not args.always_scan)
@@ -268,11 +277,13 @@ def bench(args) -> dict:
         raise ValueError(f"{args.video}: no frames")
     s = stats.summary(args.warmup)
     model = tracker.model
-    print(f"fkp-track: {model.path.name} ({model.meta.arch}) on {tracker.provider}, "
+    print(f"fkp-track: {model.path.name} ({model.meta.arch}) on {tracker.provider}"
+          f"{' with CUDA graphs' if model.cuda_graph else ''}, "
           f"detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
     out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
+           "cuda_graph": model.cuda_graph,
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
            "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],

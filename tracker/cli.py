@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--flip-test", action="store_true",
                    help="also run each crop mirrored and average: twice the inference time, "
                         "lower error")
+    m.add_argument("--no-cuda-graph", action="store_true",
+                   help="on a GPU, run onnxruntime's plain session instead of replaying "
+                        "captured CUDA graphs (the default: lower latency per frame)")
     m.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
                    help="face detector for (re)starting tracks: haar (default; OpenCV's "
                         "cascade plus fallbacks for tilted and low-contrast faces, one "
@@ -164,6 +167,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     import cv2
 
     from .draw import FpsMeter, draw_fps, draw_result
+    from .runtime import LandmarkModel
     from .sources import open_source
     from .tracking import STAGES, Tracker
     from .writers import CsvWriter, JsonLinesWriter, VideoOutput, check_writable
@@ -182,7 +186,9 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     # files first (cheap checks), the model next, a camera last (slow to open)
     source = open_source(spec, kind, prefetch=args.prefetch) if kind != "camera" else None
     try:
-        tracker = Tracker(args.model, args.device, args.detector,
+        model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
+                              cuda_graph=not args.no_cuda_graph)
+        tracker = Tracker(model, args.device, args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
                           threads=args.threads, async_scan=async_scan(args, kind),
@@ -202,7 +208,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     status = 0
     try:
         print(f"fkp-track: {tracker.model.path.name} ({tracker.model.meta.arch}) on "
-              f"{tracker.provider}; source {source.name} {source.size[0]}x{source.size[1]} "
+              f"{tracker.provider}{' with CUDA graphs' if model.cuda_graph else ''}; "
+              f"source {source.name} {source.size[0]}x{source.size[1]} "
               f"@ {source.fps:.3g} fps", file=info, flush=True)
         indices = tracker.model.meta.indices
         if args.csv:

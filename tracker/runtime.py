@@ -7,12 +7,15 @@ to the mean shape stored in the metadata).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from .cudagraph import GraphRunner
 from .geometry import apply_affine, crop_matrix, invert_affine
 from .landmarks import FLIP_PERM, NUM_POINTS, shape_plausibility
 from .metadata import METADATA_KEY, MetadataError, ModelMeta
@@ -74,12 +77,67 @@ def select_providers(device: str) -> list[str]:
         raise ModelError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
     avail = ort.get_available_providers()
     gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail]
+    if "TensorrtExecutionProvider" in gpu and not tensorrt_loadable():
+        # onnxruntime-gpu lists TensorRT whether or not its libraries are installed; asking
+        # for it without them costs an error and a retry (printed to stdout) at every load
+        gpu.remove("TensorrtExecutionProvider")
     if device == "cpu":
         return ["CPUExecutionProvider"]
     if device == "cuda" and not gpu:
         raise ModelError("--device cuda: this onnxruntime has no CUDA provider "
                          "(pip install onnxruntime-gpu, and check the NVIDIA driver)")
+    if gpu:
+        preload_cuda_libraries()
     return gpu + ["CPUExecutionProvider"]
+
+
+def tensorrt_loadable() -> bool:
+    """Whether TensorRT's runtime library (libnvinfer) can be loaded."""
+    import ctypes
+    import ctypes.util
+
+    for name in ("libnvinfer.so.10", ctypes.util.find_library("nvinfer"),
+                 ctypes.util.find_library("nvinfer_10")):
+        if name:
+            try:
+                ctypes.CDLL(name)
+                return True
+            except OSError:
+                pass
+    return False
+
+
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages, where installed
+    (``pip install onnxruntime-gpu[cuda,cudnn]``), so that the CUDA provider finds them
+    without ``LD_LIBRARY_PATH``. onnxruntime's helper prints what it cannot load: that goes to
+    the debug log, not to stdout, which may carry ``--csv -``."""
+    import onnxruntime as ort
+
+    if not hasattr(ort, "preload_dlls"):
+        return
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            ort.preload_dlls()
+    except Exception as exc:  # a missing folder or library: the default search still runs
+        log.debug("onnxruntime.preload_dlls: %s", exc)
+    if said.getvalue().strip():
+        log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
+
+
+def session_options(threads: int | None = None):
+    """onnxruntime session options for fkp models: ``threads`` intra-op threads (default
+    :func:`default_cpu_threads`), spinning off, warnings and errors only."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads or default_cpu_threads()
+    # idle pool threads sleep instead of busy-waiting for the next run: the frame loop's
+    # other work (decode, Haar scan, drawing) gets the cores between inferences
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
 
 
 def default_cpu_threads() -> int:
@@ -108,34 +166,39 @@ class LandmarkModel:
     ``provider`` is the execution provider that really runs (checked after loading, since
     onnxruntime-gpu lists CUDA even where no GPU is usable). ``flip_test`` also runs every
     crop mirrored (in the same batch) and averages the two predictions: twice the inference
-    work for a smaller error (68-point models only).
+    work for a smaller error (68-point models only). ``cuda_graph``: where the CUDA provider
+    runs, replay captured CUDA graphs for batches of up to 16 crops (see
+    :mod:`fkp.tracker.cudagraph`; it falls back to the plain session if capture fails).
     """
 
     def __init__(self, model: str | os.PathLike | None = "auto", device: str = "auto",
-                 threads: int | None = None, flip_test: bool = False) -> None:
+                 threads: int | None = None, flip_test: bool = False,
+                 cuda_graph: bool = True) -> None:
         import onnxruntime as ort
 
         providers = select_providers(device)
         gpu_requested = providers[0] != "CPUExecutionProvider"
         self.path = resolve_model(model, "cuda" if gpu_requested else "cpu")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.intra_op_num_threads = threads or default_cpu_threads()
-        # idle pool threads sleep instead of busy-waiting for the next run: the frame loop's
-        # other work (decode, Haar scan, drawing) gets the cores between inferences
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        said = io.StringIO()
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+            # onnxruntime prints (to stdout, which may carry --csv -) when a provider fails
+            # and it retries with the next: that goes to the log instead
+            with contextlib.redirect_stdout(said):
+                self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                                                    providers=providers)
         except Exception as exc:  # onnxruntime raises several types for a bad file
             raise ModelError(f"cannot load {self.path}: {str(exc).splitlines()[0][:200]}") \
                 from None
+        finally:
+            if said.getvalue().strip():
+                log.info("onnxruntime: %s", " ".join(said.getvalue().split())[:500])
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider == "CPUExecutionProvider":
             raise ModelError("--device cuda: CUDA could not be initialised (no usable GPU); "
                              "use --device cpu")
         if gpu_requested and self.provider == "CPUExecutionProvider" and model in (None, "", "auto"):
             # GPU listed but unusable: fall back to the CPU default model
-            self.__init__(model, "cpu", threads, flip_test)
+            self.__init__(model, "cpu", threads, flip_test, cuda_graph)
             return
         try:
             self.meta = read_meta(self.session)
@@ -151,6 +214,17 @@ class LandmarkModel:
         self.output_names = [o.name for o in self.session.get_outputs()]
         shape = np.asarray(self.meta.mean_shape, np.float64)
         self.mean_shape = shape if shape.shape == (self.meta.num_points, 2) else None
+        self.graphs: GraphRunner | None = None
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        if cuda_graph and self.provider == "CUDAExecutionProvider" and isinstance(batch_dim, str):
+            self.graphs = GraphRunner(self.path, lambda: session_options(threads), self.size,
+                                      self.output_names, batch_dim, "cuda")
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether calls replay CUDA graphs (False on CPU, when turned off, or after a failed
+        capture)."""
+        return self.graphs is not None and not self.graphs.failed
 
     def _check_io(self) -> None:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
@@ -187,7 +261,10 @@ class LandmarkModel:
         x = self.inputs(crops)
         if flip:
             x = np.concatenate([x, x[..., ::-1]])
-        outs = dict(zip(self.output_names, self.session.run(None, {self.input_name: x})))
+        outs = self.graphs.run(x) if self.graphs is not None else None
+        if outs is None:
+            outs = self.session.run(self.output_names, {self.input_name: x})
+        outs = dict(zip(self.output_names, outs))
         pts = outs["points"].astype(np.float64) * self.size
         if flip:
             mirrored = unmirror_points(pts[n:], self.size)
