@@ -124,15 +124,17 @@ def test_tracker_skips_scans_of_a_still_scene_but_finds_a_face_entering(tiny_mod
 
 
 def test_tracker_scans_at_once_when_a_face_arrives(tiny_model, astronaut_bgr):
-    """A second face appearing in a still scene is found within redetect_every // 6 frames
-    (the change gate's arrival check), not at the next periodic tick."""
+    """A second face appearing in a still scene is found within redetect_every //
+    ARRIVAL_CHECKS frames (the change gate's arrival check), not at the next periodic
+    tick."""
+    from fkp.tracker.scangate import ARRIVAL_CHECKS
     from fkp.tracker.tracking import Tracker
 
     one, two = one_and_two_faces(astronaut_bgr)
     tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=30, async_scan=False)
     assert [len(tracker.process(one)) for _ in range(12)] == [1] * 12    # detected at 0
     found = [len(tracker.process(two)) for _ in range(8)]      # appears at frame 12 ...
-    assert found.index(2) <= 5                                  # found by frame 17, not 30
+    assert found.index(2) <= 30 // ARRIVAL_CHECKS              # found by frame 15, not 30
     assert tracker.stats["detections"] == 2 and tracker.stats["scans_skipped"] == 0
 
 
@@ -141,7 +143,8 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
     retried at the next checks, without waiting for the next periodic tick; once a track
     starts, retries stop."""
     from fkp.tracker.detectors import HaarDetector
-    from fkp.tracker.tracking import ARRIVAL_RETRIES, Tracker
+    from fkp.tracker.scangate import ARRIVAL_CHECKS, ARRIVAL_RETRIES
+    from fkp.tracker.tracking import Tracker
 
     class Flaky(HaarDetector):
         """Finds nothing while ``misses`` > 0; its scan twin is itself."""
@@ -164,5 +167,9 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
     assert [len(tracker.process(one)) for _ in range(12)] == [1] * 12
     det.misses = ARRIVAL_RETRIES           # the arrival scan and the first retry miss
     found = [len(tracker.process(two)) for _ in range(16)]       # appears at frame 12
-    # arrival check at frame 15 (missed), retries at 20 (missed) and 25 (found)
-    assert found.index(2) == 25 - 12 and det.calls == 1 + 1 + ARRIVAL_RETRIES
+    # checks every `step` frames since the detection at frame 0: the first at or after
+    # frame 12 sees the face arrive and scans (missed); retries `step` and 2 `step` later
+    step = 30 // ARRIVAL_CHECKS
+    first = -(-12 // step) * step
+    assert found.index(2) == first + ARRIVAL_RETRIES * step - 12
+    assert det.calls == 1 + 1 + ARRIVAL_RETRIES

@@ -45,13 +45,14 @@ class _Slot:
 class GraphRunner:
     """Runs one ONNX model through fixed-capacity sessions with bound device buffers.
 
-    ``make_options``: a callable returning fresh ``onnxruntime.SessionOptions`` (the caller's
-    thread and logging settings). ``batch_dim``: the name of the model's dynamic batch
-    dimension (``fkp-export`` writes "batch"). ``device``: "cuda" captures CUDA graphs; "cpu" binds CPU
-    buffers and runs without graphs (for tests). :meth:`run` returns the outputs in
-    ``output_names`` order for a (N, 1, S, S) float32 batch, or None when N is past the
-    largest capacity or the GPU path failed once (it then stays off, with one warning).
+    ``make_options``: a callable returning fresh ``onnxruntime.SessionOptions`` (the
+    caller's thread and logging settings). ``batch_dim``: the name of the model's dynamic
+    batch dimension (``fkp-export`` writes "batch"). ``device``: "cuda" captures CUDA
+    graphs; "cpu" binds CPU buffers and runs without graphs (for tests).
     ``provider_options``: more CUDA provider options (strings), e.g. ``{"prefer_nhwc": "1"}``.
+    :meth:`run` returns the outputs in ``output_names`` order for a (N, 1, S, S) float32
+    batch, or None when N is past the largest capacity or the GPU path failed once (it then
+    stays off, with one warning).
     """
 
     def __init__(self, path: str | Path, make_options: Callable[[], object], size: int,

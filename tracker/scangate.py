@@ -5,17 +5,17 @@ frames. Where nothing outside the tracked faces has changed since the last scan,
 cannot find anything the last one did not (a face that appears changes the pixels where it
 appears), so the gate skips it.
 
-The gate keeps, from the frame of the last scan, a gray thumbnail (area average over
-``cell`` x ``cell`` pixels, which also averages sensor noise away: sigma 4 grey levels per
-pixel becomes 0.5 per 8x8 cell) and the landmark boxes tracked then. At the next periodic
-tick it compares the current thumbnail with it, outside the head boxes of the faces tracked
-then and now: ``min_cells`` cells changed by more than ``level`` grey levels mean
-"changed", and the tracker scans. A head box is the landmark box (brows to chin) widened by
-``pad`` (left, top, right, bottom; in box widths / heights) for hair, forehead, ears and
-neck: a moving head changes those pixels too. A moving body, a moving or shaking camera, a
-light switched on, a person walking in: all change cells, and the scan runs as without the
-gate, so it saves work in still scenes (a person at a desk, a fixed camera). Every
-``max_skips`` skipped ticks a scan runs anyway. Between ticks the tracker asks
+The gate keeps, from the frame of the last scan, a gray thumbnail (about the mean of each
+``cell`` x ``cell`` block, which also averages sensor noise away: sigma 4 grey levels per
+pixel becomes about 0.75 per 8x8 cell) and the landmark boxes tracked then. At the next
+periodic tick it compares the current thumbnail with it, outside the head boxes of the
+faces tracked then and now: ``min_cells`` cells changed by more than ``level`` grey levels
+mean "changed", and the tracker scans. A head box is the landmark box (brows to chin)
+widened by ``pad`` (left, top, right, bottom; in box widths / heights) for hair, forehead,
+ears and neck: a moving head changes those pixels too. A moving body, a moving or shaking
+camera, a light switched on, a person walking in: all change cells, and the scan runs as
+without the gate, so it saves work in still scenes (a person at a desk, a fixed camera).
+Every ``max_skips`` skipped ticks a scan runs anyway. Between ticks the tracker asks
 :meth:`ChangeGate.arrived` every few frames: a change after a still check means something
 has just appeared, and the scan runs at once instead of up to ``redetect_every`` frames
 later.
@@ -27,12 +27,24 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+ARRIVAL_RETRIES = 2              # scans after an arrival that found no face: 3 in all
+ARRIVAL_CHECKS = 10              # arrival checks per periodic scan interval
+
 
 def thumbnail(image: np.ndarray, cell: int) -> np.ndarray:
-    """BGR (H, W, 3) or gray (H, W) uint8 -> gray (H // cell, W // cell) int16 cell means."""
+    """BGR (H, W, 3) or gray (H, W) uint8 -> gray (H // cell, W // cell) int16 cell means.
+
+    For cells of 8 px and more, a bilinear reduction to 2 px per cell comes first, then the
+    area average: 4-5x cheaper than averaging every pixel (0.07-0.10 against 0.39-0.40 ms
+    for a 640x480 BGR frame on session 10's 2-core AVX2 machine). Each cell then averages
+    16 bilinear samples, a quarter of its pixels: plenty for objects the size of a face,
+    and sensor noise of sigma 4 per pixel leaves a thumbnail difference of sigma 1.06 grey
+    levels (0.74 averaging every pixel), 14 sigma below the gate's default ``level``."""
     h, w = image.shape[:2]
-    small = cv2.resize(image, (max(1, w // cell), max(1, h // cell)),
-                       interpolation=cv2.INTER_AREA)
+    tw, th = max(1, w // cell), max(1, h // cell)
+    if cell >= 8:
+        image = cv2.resize(image, (tw * 2, th * 2), interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
     if small.ndim == 3:
         small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
     return small.astype(np.int16)
@@ -108,3 +120,32 @@ class ChangeGate:
         n = self.changed_cells(image, boxes)
         self._was_changed = n < 0 or n >= self.min_cells
         return self._was_changed
+
+
+class ArrivalWatch:
+    """When to scan between periodic ticks: every ``period // ARRIVAL_CHECKS`` frames since
+    the last scan (``period``: frames between periodic scans), ask the gate whether
+    something has just appeared (:meth:`ChangeGate.arrived`). After an arrival, the next
+    ``retries`` checks scan again until :meth:`found` (a track started): the gate cannot see
+    the face again once the last scan's frame holds it, and the detector's fallbacks take
+    turns, so a face that only a fallback finds needs them."""
+
+    def __init__(self, gate: ChangeGate, period: int, retries: int = ARRIVAL_RETRIES) -> None:
+        self.gate, self.step, self.retries = gate, max(1, period // ARRIVAL_CHECKS), retries
+        self.left = 0                    # retry scans still to come
+
+    def check(self, since_scan: int, image: np.ndarray, boxes: np.ndarray) -> bool:
+        """Scan now? ``since_scan``: frames since the last scan; boxes (N, 4): tracked now."""
+        if since_scan % self.step:
+            return False
+        if self.left > 0:
+            self.left -= 1
+            return True
+        if self.gate.arrived(image, boxes):
+            self.left = self.retries
+            return True
+        return False
+
+    def found(self) -> None:
+        """A new track started: no more retries."""
+        self.left = 0

@@ -14,18 +14,16 @@ Per frame:
    is lost; its smoothing state goes with it.
 2. Detection, only when needed: no tracks, a track was just lost, every ``redetect_every``
    frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
-   :meth:`Tracker.request_detection`. The periodic scan for new faces uses the detector's
-   cheaper ``for_scan`` twin where it has one (Haar: no faces under 72 px in a 640x480
-   frame, plus the next fallback) and is skipped where nothing changed outside the tracked
-   faces since the last scan (:mod:`~fkp.tracker.scangate`; ``scan_gate``). Between those
-   ticks the gate is asked every ``redetect_every // 6`` frames whether something has just
-   appeared in a still scene; if so, the scan runs at once (and twice more if it starts no
-   track). With ``async_scan`` scans run on a worker thread so they never stall the frame
-   loop, and their faces join a few frames later through the same refinement. Detection when no face is
-   tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark boxes
-   (``Detector.to_landmark_box``); those overlapping a live track are ignored. New faces get
-   a two-pass refinement: model on the landmark box, then on the box of those points (one
-   batched call per pass). Faces scoring above the threshold start tracks with new ids.
+   :meth:`Tracker.request_detection`. The periodic scan uses the detector's cheaper
+   ``for_scan`` twin where it has one (Haar: faces from 72 px in a 640x480 frame, plus the
+   next fallback) and is skipped where nothing changed outside the tracked faces since the
+   last scan; between ticks, something that just appeared in a still scene triggers a scan
+   at once (:mod:`~fkp.tracker.scangate`; ``scan_gate``). With ``async_scan`` scans run on
+   a worker thread, and their faces join a few frames later; detection with no face
+   tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark
+   boxes (``Detector.to_landmark_box``); those overlapping a live track are ignored. New
+   faces get a two-pass refinement: model on the landmark box, then on the box of those
+   points (one batched call per pass). Faces scoring above the threshold start tracks.
 3. Post: per-track One Euro smoothing of the output points, which also place the next crop
    (``raw_points`` keep the model's own output).
 
@@ -52,7 +50,7 @@ from .detectors import Detector, iou, make_detector
 from .geometry import apply_affine, box_from_points, invert_affine, roll_angle
 from .runtime import LandmarkModel
 from .results import Face, FrameResult, as_image, empty_points, to_gray
-from .scangate import ChangeGate
+from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
 
 __all__ = ["Face", "FrameResult", "STAGES", "Tracker", "as_image", "to_gray"]
@@ -60,7 +58,6 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
-ARRIVAL_RETRIES = 2              # scans after an arrival that found no face: 3 in all
 
 
 @dataclass
@@ -119,6 +116,8 @@ class Tracker:
         self.iou_threshold = iou_threshold
         self.async_scan = async_scan
         self.gate = ChangeGate() if scan_gate else None
+        self.arrivals = ArrivalWatch(self.gate, redetect_every) \
+            if self.gate is not None and redetect_every else None
         self._pool: ThreadPoolExecutor | None = None
         self._scan: Future | None = None
         meta = self.model.meta
@@ -150,7 +149,6 @@ class Tracker:
         self._next_id = 0
         self._frame_no = 0
         self._since_detect = 0
-        self._retries = 0                       # arrival scans still to try (see _arrival)
         self._detect_requested = True
         if getattr(self, "_scan", None) is not None:
             self._scan.result()                 # let a running scan end, then drop it
@@ -158,6 +156,8 @@ class Tracker:
         self._t0: float | None = None
         if self.gate is not None:              # (set before __init__ calls reset)
             self.gate.reset()
+        if self.arrivals is not None:
+            self.arrivals.found()
         self.stats = {"frames": 0, "detections": 0, "scans_skipped": 0, "model_calls": 0,
                       "tracks_started": 0, "tracks_lost": 0}
 
@@ -297,8 +297,8 @@ class Tracker:
                 log.debug("track %d lost (score %.2f)", t.id, s)
         # two tracks converged on one face: keep the older one
         if len(kept) > 1:
-            ov = iou(box_from_points(np.stack([t.points for t in kept])),
-                     box_from_points(np.stack([t.points for t in kept])))
+            kb = box_from_points(np.stack([t.points for t in kept]))
+            ov = iou(kb, kb)
             drop = {j for i in range(len(kept)) for j in range(i + 1, len(kept))
                     if ov[i, j] > 0.5}
             kept = [t for j, t in enumerate(kept) if j not in drop]
@@ -317,25 +317,13 @@ class Tracker:
         return ok
 
     def _arrival(self, image: np.ndarray) -> bool:
-        """Between periodic scans, every ``redetect_every // 6`` frames while faces are
-        tracked and there is room for more: has something just appeared outside them (the
-        change gate's :meth:`~fkp.tracker.scangate.ChangeGate.arrived`, timed as ``detect``)?
-        Until a new track starts, the next ``ARRIVAL_RETRIES`` checks scan again (the gate
-        would not see the face again: the last scan's frame holds it), so each fallback
-        detector gets its turn."""
-        step = max(1, self.redetect_every // 6)
-        if (self.gate is None or not self.redetect_every or not self._tracks
-                or self._scan is not None or len(self._tracks) >= self.max_faces
-                or self._since_detect % step):
+        """Scan now, between periodic scans? (:class:`~fkp.tracker.scangate.ArrivalWatch`,
+        while faces are tracked and there is room for more; timed as ``detect``.)"""
+        if (self.arrivals is None or not self._tracks or self._scan is not None
+                or len(self._tracks) >= self.max_faces):
             return False
-        if self._retries > 0:
-            self._retries -= 1
-            return True
         with self._timed("detect"):
-            arrived = self.gate.arrived(image, self._boxes())
-        if arrived:
-            self._retries = ARRIVAL_RETRIES
-        return arrived
+            return self.arrivals.check(self._since_detect, image, self._boxes())
 
     def _gate_scanned(self, image: np.ndarray) -> None:
         """Tell the change gate that this frame was scanned (timed as ``detect``)."""
@@ -365,8 +353,7 @@ class Tracker:
         if not len(dets) or room <= 0:
             return
         boxes = self.detector.to_landmark_box(dets[:, :4])
-        live = box_from_points(np.stack([t.points for t in self._tracks])) if self._tracks \
-            else np.zeros((0, 4))
+        live = self._boxes()
         chosen: list[np.ndarray] = []
         for b in boxes:                       # best first; skip tracked or duplicate boxes
             others = np.vstack([live] + [c[None] for c in chosen])
@@ -392,7 +379,8 @@ class Tracker:
             self.stats["tracks_started"] += 1
             log.debug("track %d started (score %.2f)", self._next_id, s)
             self._next_id += 1
-            self._retries = 0
+            if self.arrivals is not None:
+                self.arrivals.found()
 
     def _result(self, index: int, timestamp_ms: float, detected: bool) -> FrameResult:
         k = self.num_points
