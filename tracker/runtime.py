@@ -76,13 +76,13 @@ def select_providers(device: str) -> list[str]:
     if device not in DEVICES:
         raise ModelError(f"unknown device {device!r} (choose from {', '.join(DEVICES)})")
     avail = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
     gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in avail]
     if "TensorrtExecutionProvider" in gpu and not tensorrt_loadable():
         # onnxruntime-gpu lists TensorRT whether or not its libraries are installed; asking
         # for it without them costs an error and a retry (printed to stdout) at every load
         gpu.remove("TensorrtExecutionProvider")
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
     if device == "cuda" and not gpu:
         raise ModelError("--device cuda: this onnxruntime has no CUDA provider "
                          "(pip install onnxruntime-gpu, and check the NVIDIA driver)")
