@@ -4,7 +4,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fkp.tracker.scangate import ChangeGate
+from fkp.tracker.scangate import (ARRIVAL_CHECKS, ARRIVAL_RETRIES, ArrivalWatch, ChangeGate,
+                                  thumbnail)
 
 H, W = 480, 640
 HEAD = np.array([[200.0, 150.0, 300.0, 270.0]])     # a tracked landmark box, frame px
@@ -82,6 +83,51 @@ def test_arrival_is_a_change_after_a_still_check():
         [True] + [False] * 4
 
 
+def test_thumbnail_is_close_to_the_exact_cell_means():
+    """The cheap thumbnail (bilinear to 2 px per cell, then area) stays within 2 grey levels
+    of the exact 8x8 means on a textured scene, and under the gate's level on noise."""
+    frame = shot(background(5), np.random.default_rng(5), noise=0.0)
+    exact = cv2.cvtColor(cv2.resize(frame, (W // 8, H // 8), interpolation=cv2.INTER_AREA),
+                         cv2.COLOR_BGR2GRAY).astype(np.int16)
+    thumb = thumbnail(frame, 8)
+    assert thumb.shape == exact.shape == (H // 8, W // 8) and thumb.dtype == np.int16
+    assert np.abs(thumb - exact).max() <= 2
+    rng = np.random.default_rng(6)
+    a, b = (thumbnail(shot(background(5), rng), 8) for _ in range(2))
+    assert np.abs(a - b).max() < ChangeGate().level / 2
+
+
+class _Gate:
+    """A stand-in gate whose arrived() answers from a list and counts its calls."""
+
+    def __init__(self, answers):
+        self.answers, self.calls = list(answers), 0
+
+    def arrived(self, image, boxes):
+        self.calls += 1
+        return self.answers.pop(0)
+
+
+def test_arrival_watch_checks_every_step_and_retries_until_found():
+    gate = _Gate([False, True, False])
+    watch = ArrivalWatch(gate, 30)
+    step = 30 // ARRIVAL_CHECKS
+    assert watch.step == step and ArrivalWatch(gate, 5).step == 1
+    frame, boxes = np.zeros((4, 4), np.uint8), np.zeros((0, 4))
+    assert not watch.check(1, frame, boxes) and gate.calls == 0      # off-step: no check
+    assert not watch.check(step, frame, boxes)                       # still
+    assert watch.check(2 * step, frame, boxes)                       # something arrived
+    # the scan found nothing: the next ARRIVAL_RETRIES checks scan without asking the gate
+    assert [watch.check(k * step, frame, boxes) for k in range(1, ARRIVAL_RETRIES + 1)] \
+        == [True] * ARRIVAL_RETRIES and gate.calls == 2
+    assert not watch.check(step, frame, boxes) and gate.calls == 3   # back to asking
+    gate.answers = [True]
+    assert watch.check(step, frame, boxes)
+    watch.found()                                                    # a track started
+    gate.answers = [False]
+    assert not watch.check(step, frame, boxes) and gate.calls == 5
+
+
 def test_no_reference_or_a_new_frame_size_scans():
     bg, rng = background(), np.random.default_rng(4)
     gate = ChangeGate()
@@ -127,7 +173,6 @@ def test_tracker_scans_at_once_when_a_face_arrives(tiny_model, astronaut_bgr):
     """A second face appearing in a still scene is found within redetect_every //
     ARRIVAL_CHECKS frames (the change gate's arrival check), not at the next periodic
     tick."""
-    from fkp.tracker.scangate import ARRIVAL_CHECKS
     from fkp.tracker.tracking import Tracker
 
     one, two = one_and_two_faces(astronaut_bgr)
@@ -143,7 +188,6 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
     retried at the next checks, without waiting for the next periodic tick; once a track
     starts, retries stop."""
     from fkp.tracker.detectors import HaarDetector
-    from fkp.tracker.scangate import ARRIVAL_CHECKS, ARRIVAL_RETRIES
     from fkp.tracker.tracking import Tracker
 
     class Flaky(HaarDetector):
