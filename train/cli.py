@@ -140,8 +140,7 @@ def final_outputs(trainer) -> dict:
             plots.prediction_grid([crops[i] for i in sel], [truth[i] for i in sel],
                                   [pred[i] for i in sel], [f"{err[i]:.2f} px" for i in sel],
                                   out / f"predictions_{name}.png")
-        all_val = next(iter(trainer.val_ds.values()))
-        extra.update(calibrate_score(model, all_val, trainer.mean_shape))
+        extra.update(calibrate_score(model, list(trainer.val_ds.values()), trainer.mean_shape))
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups == 1]
     for i, conv in enumerate(convs[:2], start=1):
         plots.filters(conv.weight.detach().float().cpu().numpy(), out / f"filters_conv{i}.png",
