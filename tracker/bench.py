@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from .cli import add_pipeline_args, model_from_args
 from .runtime import default_cpu_threads
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
@@ -72,26 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="timed calls with --infer-only (default: 500)")
     ap.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
                     help="shipped model name or .onnx path (default: auto)")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--flip-test", action="store_true",
-                    help="also run each crop mirrored and average: twice the inference time, "
-                         "lower error")
-    ap.add_argument("--threads", type=int, metavar="N",
-                    help="onnxruntime CPU threads (default: the cores, at most 2)")
-    ap.add_argument("--no-cuda-graph", action="store_true",
-                    help="on a GPU, time onnxruntime's plain session instead of replayed "
-                         "CUDA graphs")
+    add_pipeline_args(ap)
     ap.add_argument("--async-detect", action="store_true",
                     help="periodic new-face scan on a worker thread, as fkp-track does for "
                          "cameras (default: in the frame loop, as it does for video files)")
     ap.add_argument("--always-scan", action="store_true",
                     help="run every periodic scan, also when nothing changed outside the "
                          "tracked faces since the last one (as fkp-track --always-scan)")
-    ap.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
-                    help="face detector for (re)starting tracks: haar (default; OpenCV's "
-                         "cascade plus fallbacks for tilted and low-contrast faces, one "
-                         "per frame in turn), haar-single (the cascade alone), or a YuNet "
-                         "model file")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
                     help="detector period while tracking, as in fkp-track (default: 30)")
     ap.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
@@ -224,10 +212,7 @@ def _stage_line(name: str, summary: dict) -> str:
 def bench_inference(args) -> dict:
     """Median and mean milliseconds per face of one model call on ``--batch`` gray face-like
     crops."""
-    from .runtime import LandmarkModel
-
-    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
-                          cuda_graph=not args.no_cuda_graph)
+    model = model_from_args(args)
     s = model.size
     yy, xx = np.mgrid[0:s, 0:s]
     crop = (128 + 60 * np.sin(xx / 7.0) * np.cos(yy / 9.0)).astype(np.uint8)[None]
@@ -253,15 +238,13 @@ def bench_inference(args) -> dict:
 
 def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
-    from .runtime import LandmarkModel
     from .tracking import Tracker
     from .writers import CsvWriter, check_writable
 
     for p in (args.csv, args.dlib_csv):
         if p:
             check_writable(p)
-    model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
-                          cuda_graph=not args.no_cuda_graph)
+    model = model_from_args(args)
     tracker = Tracker(model, args.device, args.detector,
                       redetect_every=args.redetect_every, threads=args.threads,
                       async_scan=args.async_detect, flip_test=args.flip_test,

@@ -34,6 +34,35 @@ class DisplayError(RuntimeError):
     """No window can be opened."""
 
 
+def add_pipeline_args(group) -> None:
+    """The inference and detector options fkp-track and fkp-bench share: ``--device``,
+    ``--threads``, ``--flip-test``, ``--no-cuda-graph``, ``--detector`` (read back by
+    :func:`model_from_args`)."""
+    group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="onnxruntime CPU threads (default: the cores, at most 2)")
+    group.add_argument("--flip-test", action="store_true",
+                       help="also run each crop mirrored and average: twice the inference "
+                            "time, lower error")
+    group.add_argument("--no-cuda-graph", action="store_true",
+                       help="on a GPU, run onnxruntime's plain session instead of replaying "
+                            "captured CUDA graphs (the default: lower latency per frame)")
+    group.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
+                       help="face detector for (re)starting tracks: haar (default; OpenCV's "
+                            "cascade plus fallbacks for tilted and low-contrast faces, one "
+                            "per frame in turn), haar-single (the cascade alone), or a YuNet "
+                            "model file")
+
+
+def model_from_args(args):
+    """The :class:`~fkp.tracker.runtime.LandmarkModel` that ``--model`` and the options of
+    :func:`add_pipeline_args` ask for."""
+    from .runtime import LandmarkModel
+
+    return LandmarkModel(args.model, args.device, args.threads, args.flip_test,
+                         cuda_graph=not args.no_cuda_graph)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
@@ -47,20 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
                    help="shipped model name (fastnet-int8, fastnet, resnet50, ...) or .onnx "
                         "path; auto = fastnet-int8 on CPU, resnet50 on GPU (default: auto)")
-    m.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    m.add_argument("--threads", type=int, metavar="N",
-                   help="onnxruntime CPU threads (default: the cores, at most 2)")
-    m.add_argument("--flip-test", action="store_true",
-                   help="also run each crop mirrored and average: twice the inference time, "
-                        "lower error")
-    m.add_argument("--no-cuda-graph", action="store_true",
-                   help="on a GPU, run onnxruntime's plain session instead of replaying "
-                        "captured CUDA graphs (the default: lower latency per frame)")
-    m.add_argument("--detector", default="haar", metavar="haar|haar-single|YUNET.onnx",
-                   help="face detector for (re)starting tracks: haar (default; OpenCV's "
-                        "cascade plus fallbacks for tilted and low-contrast faces, one "
-                        "per frame in turn), haar-single (the cascade alone), or a YuNet "
-                        "model file")
+    add_pipeline_args(m)
     m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
                    help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
     m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
@@ -167,7 +183,6 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     import cv2
 
     from .draw import FpsMeter, draw_fps, draw_result
-    from .runtime import LandmarkModel
     from .sources import open_source
     from .tracking import STAGES, Tracker
     from .writers import CsvWriter, JsonLinesWriter, VideoOutput, check_writable
@@ -186,8 +201,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     # files first (cheap checks), the model next, a camera last (slow to open)
     source = open_source(spec, kind, prefetch=args.prefetch) if kind != "camera" else None
     try:
-        model = LandmarkModel(args.model, args.device, args.threads, args.flip_test,
-                              cuda_graph=not args.no_cuda_graph)
+        model = model_from_args(args)
         tracker = Tracker(model, args.device, args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
