@@ -8,9 +8,11 @@ to the mean shape stored in the metadata).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +93,10 @@ def select_providers(device: str) -> list[str]:
     return gpu + ["CPUExecutionProvider"]
 
 
+@functools.cache
 def tensorrt_loadable() -> bool:
-    """Whether TensorRT's runtime library (libnvinfer) can be loaded."""
+    """Whether TensorRT's runtime library (libnvinfer) can be loaded (asked once per
+    process)."""
     import ctypes
     import ctypes.util
 
@@ -107,23 +111,35 @@ def tensorrt_loadable() -> bool:
     return False
 
 
+@contextlib.contextmanager
+def stdout_to_log(level: int, what: str) -> Iterator[None]:
+    """Send what onnxruntime prints inside the block to the log instead of stdout, which may
+    carry ``--csv -``."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            yield
+    finally:
+        text = " ".join(said.getvalue().split())
+        if text:
+            log.log(level, "%s: %s", what, text[:500])
+
+
+@functools.cache
 def preload_cuda_libraries() -> None:
     """Load the CUDA and cuDNN libraries of pip's ``nvidia-*`` packages, where installed
     (``pip install onnxruntime-gpu[cuda,cudnn]``), so that the CUDA provider finds them
-    without ``LD_LIBRARY_PATH``. onnxruntime's helper prints what it cannot load: that goes to
-    the debug log, not to stdout, which may carry ``--csv -``."""
+    without ``LD_LIBRARY_PATH`` (once per process). What onnxruntime's helper prints about
+    libraries it cannot load goes to the debug log."""
     import onnxruntime as ort
 
     if not hasattr(ort, "preload_dlls"):
         return
-    said = io.StringIO()
     try:
-        with contextlib.redirect_stdout(said):
+        with stdout_to_log(logging.DEBUG, "onnxruntime.preload_dlls"):
             ort.preload_dlls()
     except Exception as exc:  # a missing folder or library: the default search still runs
         log.debug("onnxruntime.preload_dlls: %s", exc)
-    if said.getvalue().strip():
-        log.debug("onnxruntime.preload_dlls: %s", said.getvalue().strip())
 
 
 def session_options(threads: int | None = None):
@@ -179,19 +195,14 @@ class LandmarkModel:
         providers = select_providers(device)
         gpu_requested = providers[0] != "CPUExecutionProvider"
         self.path = resolve_model(model, "cuda" if gpu_requested else "cpu")
-        said = io.StringIO()
         try:
-            # onnxruntime prints (to stdout, which may carry --csv -) when a provider fails
-            # and it retries with the next: that goes to the log instead
-            with contextlib.redirect_stdout(said):
+            # onnxruntime prints when a provider fails and it retries with the next
+            with stdout_to_log(logging.INFO, "onnxruntime"):
                 self.session = ort.InferenceSession(str(self.path), session_options(threads),
                                                     providers=providers)
         except Exception as exc:  # onnxruntime raises several types for a bad file
             raise ModelError(f"cannot load {self.path}: {str(exc).splitlines()[0][:200]}") \
                 from None
-        finally:
-            if said.getvalue().strip():
-                log.info("onnxruntime: %s", " ".join(said.getvalue().split())[:500])
         self.provider = self.session.get_providers()[0]
         if device == "cuda" and self.provider == "CPUExecutionProvider":
             raise ModelError("--device cuda: CUDA could not be initialised (no usable GPU); "
