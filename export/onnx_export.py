@@ -54,7 +54,7 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
     cmd = ["fkp-train"]
     for k, v in a.items():
         optional = ("max_steps", "threads", "precise_bn", "workers", "skip_bad")
-        if k in ("resume", "verbose") or (v in (False, None, 0) and k in optional):
+        if k in ("resume", "verbose") or v is None or (v in (False, 0) and k in optional):
             continue
         flag = "--" + k.replace("_", "-")
         if v is True:

@@ -145,3 +145,49 @@ def test_loader_workers_draw_different_augmentations_reproducibly():
     # batches 0 and 1 come from workers 0 and 1: the same images, so only their draws differ
     assert not np.allclose(first[0], first[1])
     assert all(np.array_equal(a, b) for a, b in zip(first, batches()))
+
+
+
+def test_aug_overrides_set_ranges_and_name_bad_items():
+    """fkp-train --aug NAME=VALUE: ranges are replaced (pairs as LO:HI); a misspelt name, a
+    missing value or a negative range is refused with the item in the message; all ranges
+    at zero leave mirrored, otherwise unchanged crops whose points still match."""
+    from fkp.train.dataset import AugmentConfig, FaceDataset
+
+    base = AugmentConfig()
+    mild = base.override(["rotation=10", "scale=0.96:1.05", "noise=4"])
+    assert mild.rotation == 10.0 and mild.scale == (0.96, 1.05) and mild.shift == base.shift
+    assert base.override([]) == base
+    for bad, words in ((["rotaton=3"], "rotation"), (["scale=1"], "LO:HI"),
+                       (["noise=x"], "number"), (["noise"], "NAME=VALUE"),
+                       (["shift=-1"], ">= 0"),
+                       (["scale=1.2:1"], "LO <= HI"), (["flip=2"], "probability")):
+        with pytest.raises(ValueError, match=words):
+            base.override(bad)
+
+    img, pts = _marked_image()
+    plain = FaceDataset([img], pts[None], 160, 0.25).sample(0)
+    zero = [f"{k}=0" for k in ("shift", "aspect", "rotation", "brightness", "contrast",
+                               "saturation", "hue", "blur", "noise")] + ["scale=1:1"]
+    ds = FaceDataset([img], pts[None], 160, 0.25, augment=base.override(zero), seed=3)
+    flipped = 0
+    for _ in range(12):
+        g, p, m = ds.sample(0)
+        same = np.allclose(m, plain[2])
+        flipped += not same
+        if same:                        # no geometric or photometric change at all
+            assert np.array_equal(g, plain[0]) and np.allclose(p, plain[1])
+        else:                           # the mirror image only
+            assert np.array_equal(g, plain[0][:, ::-1])
+    assert 0 < flipped < 12
+
+
+def test_fkp_train_refuses_a_bad_aug_item_in_one_line(capsys):
+    """fkp-train --aug with a misspelt name stops before loading data, with one line."""
+    from fkp.train.cli import parse_args
+
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--data", "nowhere", "--out", "x", "--aug", "rotatio=3"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "rotatio=3" in err and "rotation" in err

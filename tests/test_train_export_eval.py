@@ -347,3 +347,21 @@ def test_eval_several_models_reports_their_average_and_disagreement(tmp_path):
     assert res["disagreement"]["a.onnx|b.onnx"] == pytest.approx(shift, rel=1e-3)
     assert "a.onnx vs b.onnx: predictions" in p.stdout
     assert (tmp_path / "ced.png").is_file()
+
+
+def test_model_card_command_repeats_the_options_that_were_set():
+    """The recorded fkp-train command: unset options (None) are left out, not written as
+    '--init None'; list options such as --aug come out as their items."""
+    import shlex
+
+    from fkp.export.onnx_export import build_meta
+
+    args = dict(arch="fastnet", data=["d1"], input_size=64, epochs=2, margin=0.25,
+                val_fraction=0.1, loss="l1", init=None, aug=["rotation=10", "scale=0.9:1.1"],
+                bf16=False, threads=0, out="run", resume=False)
+    ck = dict(args=args, epoch=2, arch="fastnet", point_indices=list(range(68)),
+              mean_shape=np.zeros((68, 2)), metrics={"nme/d1": 4.0})
+    cmd = shlex.split(build_meta(ck, True).training["command"])
+    assert "None" not in cmd and "--init" not in cmd and "--bf16" not in cmd
+    i = cmd.index("--aug")
+    assert cmd[i + 1:i + 3] == ["rotation=10", "scale=0.9:1.1"]

@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of people (groups) held out; the split is fixed")
     p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--aug", nargs="+", metavar="NAME=VALUE",
+                   help="set augmentation ranges (fkp.train.dataset.AugmentConfig): "
+                        "shift=0.08 scale=0.9:1.12 aspect=0.08 rotation=25 (degrees) "
+                        "brightness=0.3 contrast=0.3 saturation=0.4 hue=10 blur=0.15 "
+                        "noise=4 (the defaults); probabilities: flip=0.5 blur=0.15")
     p.add_argument("--occlusion", type=float, default=0.0, metavar="P",
                    help="probability of painting a random rectangle over a training crop "
                         "(robustness to hands and objects; default 0 = off)")
@@ -83,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=0, help="limit steps per epoch (smoke runs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.aug:
+        from .dataset import AugmentConfig
+        try:
+            AugmentConfig().override(args.aug)
+        except ValueError as e:
+            p.error(str(e))
     if not 0.0 <= args.occlusion <= 1.0:
         p.error(f"--occlusion must be a probability in [0, 1], not {args.occlusion}")
     return args

@@ -15,7 +15,8 @@ off by -0.78 and -0.58 px in x and by less than 0.04 px in y; see the README).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -44,6 +45,41 @@ class AugmentConfig:
     noise: float = 4.0         # max std of Gaussian pixel noise (0-255 scale)
     occlusion: float = 0.0     # probability of one random occluding rectangle
     occlusion_size: tuple[float, float] = (0.15, 0.45)   # its sides, fraction of the crop
+
+    def override(self, items: list[str]) -> "AugmentConfig":
+        """A copy with ``NAME=VALUE`` items applied (``fkp-train --aug``): numbers for the
+        scalar ranges, ``LO:HI`` for the pairs (``scale``, ``occlusion_size``).
+
+        Raises ValueError naming the item (and close field names) when one does not parse
+        or is out of range (negative, a probability over 1, LO > HI, a zero box scale)."""
+        kinds = {f.name: str(f.type) for f in fields(self) if f.name != "enabled"}
+        changes: dict = {}
+        for item in items:
+            name, sep, text = item.partition("=")
+            name = name.strip()
+            if not sep or name not in kinds:
+                close = difflib.get_close_matches(name, kinds, n=3)
+                hint = (f"did you mean {', '.join(close)}?" if close
+                        else f"one of {', '.join(kinds)}")
+                raise ValueError(f"augmentation {item!r} is not NAME=VALUE with a known "
+                                 f"NAME ({hint})")
+            pair = "tuple" in kinds[name]
+            try:
+                value = tuple(float(v) for v in text.split(":")) if pair else float(text)
+                if pair and len(value) != 2:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"augmentation {item!r}: {name} takes "
+                                 f"{'LO:HI' if pair else 'a number'}") from None
+            lo, hi = value if pair else (value, value)
+            if lo < 0 or lo > hi or (name == "scale" and lo == 0):
+                need = ("0 < LO <= HI" if name == "scale" else "0 <= LO <= HI") if pair \
+                    else "a value >= 0"
+                raise ValueError(f"augmentation {item!r}: {name} needs {need}")
+            if name in ("flip", "blur", "occlusion") and hi > 1:
+                raise ValueError(f"augmentation {item!r}: {name} is a probability (0-1)")
+            changes[name] = value
+        return replace(self, **changes)
 
 
 def normalise(gray: np.ndarray, scale: float = 1 / 255.0, offset: float = -0.5) -> np.ndarray:

@@ -102,7 +102,8 @@ class Trainer:
         tr_off = np.concatenate([np.tile(o, (len(s.train_points), 1))
                                  for o, s in zip(offsets, self.splits)])
         aug = AugmentConfig(enabled=not args.no_augment, flip=0.0 if len(idx) < 68 else 0.5,
-                            occlusion=getattr(args, "occlusion", 0.0))
+                            occlusion=getattr(args, "occlusion", 0.0)
+                            ).override(getattr(args, "aug", None) or [])
         self.train_ds = FaceDataset(tr_img, tr_pts, args.input_size, args.margin, idx, aug,
                                     args.seed, tr_off)
         self.val_ds = {s.name: FaceDataset(s.val_images, np.stack(s.val_points), args.input_size,
