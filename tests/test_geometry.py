@@ -147,7 +147,6 @@ def test_loader_workers_draw_different_augmentations_reproducibly():
     assert all(np.array_equal(a, b) for a, b in zip(first, batches()))
 
 
-
 def test_aug_overrides_set_ranges_and_name_bad_items():
     """fkp-train --aug NAME=VALUE: ranges are replaced (pairs as LO:HI); a misspelt name, a
     missing value or a negative range is refused with the item in the message; all ranges

@@ -54,8 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--aug", nargs="+", metavar="NAME=VALUE",
                    help="set augmentation ranges (fkp.train.dataset.AugmentConfig): "
                         "shift=0.08 scale=0.9:1.12 aspect=0.08 rotation=25 (degrees) "
-                        "brightness=0.3 contrast=0.3 saturation=0.4 hue=10 blur=0.15 "
-                        "noise=4 (the defaults); probabilities: flip=0.5 blur=0.15")
+                        "brightness=0.3 contrast=0.3 saturation=0.4 hue=10 noise=4 (the "
+                        "defaults); probabilities: flip=0.5 blur=0.15")
     p.add_argument("--occlusion", type=float, default=0.0, metavar="P",
                    help="probability of painting a random rectangle over a training crop "
                         "(robustness to hands and objects; default 0 = off)")
