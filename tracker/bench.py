@@ -245,10 +245,8 @@ def bench(args) -> dict:
         if p:
             check_writable(p)
     model = model_from_args(args)
-    tracker = Tracker(model, args.device, args.detector,
-                      redetect_every=args.redetect_every, threads=args.threads,
-                      async_scan=args.async_detect, flip_test=args.flip_test,
-                      scan_gate=not args.always_scan)
+    tracker = Tracker(model, detector=args.detector, redetect_every=args.redetect_every,
+                      async_scan=args.async_detect, scan_gate=not args.always_scan)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)

@@ -202,11 +202,10 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     source = open_source(spec, kind, prefetch=args.prefetch) if kind != "camera" else None
     try:
         model = model_from_args(args)
-        tracker = Tracker(model, args.device, args.detector,
+        tracker = Tracker(model, detector=args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every, max_faces=args.max_faces,
-                          threads=args.threads, async_scan=async_scan(args, kind),
-                          flip_test=args.flip_test, scan_gate=not args.always_scan)
+                          async_scan=async_scan(args, kind), scan_gate=not args.always_scan)
         if source is None:
             source = open_source(spec, kind, prefetch=args.prefetch)
     except BaseException:

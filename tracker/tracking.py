@@ -76,7 +76,9 @@ class _Track:
 class Tracker:
     """Facial keypoint tracker over a stream of frames.
 
-    ``model``: shipped name, path to an ``.onnx``, "auto", or a :class:`LandmarkModel`.
+    ``model``: shipped name, path to an ``.onnx``, "auto", or a :class:`LandmarkModel`
+    (which already carries its ``device``, ``threads`` and ``flip_test``; those arguments
+    only build a model from a name or path).
     ``device``: "auto" | "cpu" | "cuda". ``detector``: None/"haar", a YuNet ``.onnx`` path or
     any :class:`~fkp.tracker.detectors.Detector`. ``smooth``: One Euro strength (0 = off).
     ``redetect_every``: frames between detector runs while tracking (0 = only when needed).
