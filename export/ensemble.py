@@ -7,13 +7,24 @@ an ordinary fkp model: the tracker, ``fkp-eval`` and ``fkp-quantize`` take it as
 any other. Members must agree on input size, normalisation, crop margin and points.
 
 Averaging independently trained nets cancels part of their independent errors; the cost
-is one inference per member. The ensemble is evaluated on the held-out people of every
-``--data`` set (as ``fkp-eval --split val``), next to each member, and those figures go
-into its metadata and model card. Its face-score threshold is the mean of the members'.
+is one inference per member.
+
+``--soup`` averages the members' *weights* instead (a uniform model soup, Wortsman et al.
+2022): one network, one inference. That only works for members that are one network in one
+basin, such as fine-tunes of one model (``fkp-train --init``) and that model itself; the
+members must be the same graph (same architecture and fkp-export), else it is refused. The
+exported weights have every BatchNorm folded into its convolution, so each convolution's
+folded weight and bias are averaged.
+
+Either way the result is evaluated on the held-out people of every ``--data`` set (as
+``fkp-eval --split val``), next to each member, and those figures go into its metadata and
+model card. Its face-score threshold is the mean of the members'.
 
 Example::
 
     fkp-ensemble runs/a.onnx runs/b.onnx weights/fastnet2.onnx \\
+        --data ../shared/data/youtube-faces-68 ../shared/data/300w-train
+    fkp-ensemble weights/fastnet.onnx runs/ft1.onnx runs/ft2.onnx soup.onnx --soup \\
         --data ../shared/data/youtube-faces-68 ../shared/data/300w-train
 """
 from __future__ import annotations
@@ -84,28 +95,59 @@ def merge_graphs(protos: list, output_names: list[str]):
     return model
 
 
+def average_weights(protos: list):
+    """The first member's graph with every float initializer replaced by the mean over the
+    members (averaged in float64). The members must be the same graph: the same nodes in the
+    same order and the same initializer names, shapes and types."""
+    import copy
+
+    from onnx import numpy_helper
+
+    def layout(p) -> tuple:
+        return ([(n.op_type, tuple(n.input), tuple(n.output)) for n in p.graph.node],
+                [(i.name, tuple(i.dims), i.data_type) for i in p.graph.initializer])
+
+    first = layout(protos[0])
+    for i, p in enumerate(protos[1:], 1):
+        if layout(p) != first:
+            raise EnsembleError(f"member {i}'s graph differs from member 0's; --soup needs one "
+                                "network exported by one fkp-export (fine-tunes of one model)")
+    model = copy.deepcopy(protos[0])
+    arrays = [[numpy_helper.to_array(t) for t in p.graph.initializer] for p in protos]
+    for k, t in enumerate(model.graph.initializer):
+        first_value = arrays[0][k]
+        if first_value.dtype.kind == "f":
+            mean = np.mean([a[k].astype(np.float64) for a in arrays], axis=0)
+            t.CopyFrom(numpy_helper.from_array(mean.astype(first_value.dtype), t.name))
+    model.producer_name = "fkp-ensemble --soup"
+    return model
+
+
 def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: float = 0.1,
-             card: bool = True) -> dict[str, list[float]]:
+             card: bool = True, soup: bool = False) -> dict[str, list[float]]:
     """Write the averaging ensemble of ``members`` to ``out`` (atomically) with validation
-    metrics. Returns ``{dataset: [member NMEs..., ensemble NME]}``."""
+    metrics; ``soup``: average their weights instead of their outputs. Returns ``{dataset:
+    [member NMEs..., ensemble NME]}``."""
     import onnx
 
     if len(members) < 2:
         raise EnsembleError("an ensemble needs at least two models")
     models = [LandmarkModel(m, "cpu") for m in members]
     metas = [m.meta for m in models]
-    for f in SHARED:
+    for f in SHARED + (("arch",) if soup else ()):
         values = [getattr(m, f) for m in metas]
         if any(v != values[0] for v in values):
             raise EnsembleError(f"members differ in {f}: {values}")
     names = ["points", "score"] if metas[0].has_score else ["points"]
-    merged = merge_graphs([onnx.load(str(m.path)) for m in models], names)
+    protos = [onnx.load(str(m.path)) for m in models]
+    merged = average_weights(protos) if soup else merge_graphs(protos, names)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     try:
         meta = ModelMeta(**{**vars(metas[0]), "metrics": {}})
-        meta.arch = "ensemble(" + ", ".join(m.arch for m in metas) + ")"
+        if not soup:
+            meta.arch = "ensemble(" + ", ".join(m.arch for m in metas) + ")"
         meta.score_threshold = float(np.mean([m.score_threshold for m in metas]))
         set_metadata(merged, meta)
         onnx.save(merged, str(tmp))
@@ -116,12 +158,13 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
         for name in nme:
             results[name] = [mn[name] for mn in member_nme] + [nme[name]]
             print(f"{name}: NME members {', '.join(f'{v:.3f}' for v in results[name][:-1])} "
-                  f"%, ensemble {nme[name]:.3f} %")
+                  f"%, {'soup' if soup else 'ensemble'} {nme[name]:.3f} %")
         command = shlex.join(["fkp-ensemble", *(portable_path(str(m.path)) for m in models),
-                              portable_path(str(out)), "--data",
+                              portable_path(str(out)), *(["--soup"] if soup else []), "--data",
                               *(portable_path(d) for d in datasets)])
         meta.training = dict(
-            metas[0].training, command=command, weights=f"mean of {len(models)} members",
+            metas[0].training, command=command, combine="weights" if soup else "outputs",
+            weights=f"mean of {len(models)} members' {'weights' if soup else 'outputs'}",
             loss=" / ".join(dict.fromkeys(str(m.training.get("loss", "?")) for m in metas)),
             epochs=sum(m.training.get("epochs", 0) for m in metas),
             train_seconds=sum(m.training.get("train_seconds", 0.0) for m in metas),
@@ -146,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                         "their held-out people")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="the split's held-out fraction, as given to fkp-train (default 0.1)")
+    p.add_argument("--soup", action="store_true",
+                   help="average the members' weights, not their outputs: one network's "
+                        "inference cost; for fine-tunes of one model and that model")
     p.add_argument("--no-card", action="store_true", help="do not write OUT.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -154,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     *members, out = args.models
     try:
         ensemble([resolve_model(m, "cpu") for m in members], Path(out), args.data,
-                 args.val_fraction, card=not args.no_card)
+                 args.val_fraction, card=not args.no_card, soup=args.soup)
     except (EnsembleError, ModelError, DatasetError, OSError) as exc:
         print(f"fkp-ensemble: error: {exc}", file=sys.stderr)
         return 2

@@ -213,13 +213,16 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
                       f"{', '.join(f'{k} {v}' for k, v in e['metrics'].items())}): "
                       f"`{e['command']}`\n" for e in t.get("ensemble", []))
     if members:
-        members = "- averages the outputs of these members (fkp-ensemble):\n" + members
+        how = ("weights of these members (fkp-ensemble --soup)"
+               if t.get("combine") == "weights" else "outputs of these members (fkp-ensemble)")
+        members = f"- averages the {how}:\n" + members
     init = ""
     for src in _init_chain(t):
         init += (f"- initialised from `{src['from']}` ({src.get('arch', '?')}, "
                  f"{src.get('input_size', '?')} px, {src.get('epochs', '?')} epochs, "
                  f"{float(src.get('train_seconds') or 0.0) / 60:.1f} min)"
                  + (f": `{src['command']}`" if src.get("command") else "") + "\n")
+    summed = " (both summed over the members)" if members else ""
     chosen = "" if members else (" (chosen on validation: best or last epoch, BatchNorm\n"
                                  "  statistics as trained or re-estimated)")
     text = f"""# {onnx_path.name}
@@ -230,7 +233,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 - training data: {', '.join(t.get('datasets', ['not recorded']))} (research-only licences)
 - split: {t.get('split', 'not recorded')}
 - epochs: {t.get('epochs', '?')}, loss: {t.get('loss', '?')}, training time: \
-{t.get('train_seconds', 0.0) / 60:.1f} min
+{t.get('train_seconds', 0.0) / 60:.1f} min{summed}
 - weights: {t.get('weights', '')}{chosen}
 - command: `{t.get('command', 'not recorded')}`
 {init}{members}{quant}- score threshold (face/no-face): {meta.score_threshold:.4f}

@@ -123,6 +123,34 @@ def test_occlusion_paints_one_rectangle_and_keeps_the_points():
         assert ys.max() - ys.min() < 0.45 * 160 + 1 and xs.max() - xs.min() < 0.45 * 160 + 1
 
 
+def test_jpeg_round_trip_keeps_the_points_and_leaves_blocky_pixels():
+    """--aug jpeg=P: the crop goes through JPEG at a quality in jpeg_quality (close to the
+    plain crop, not equal to it, worse at lower quality); points and the RNG draws before it
+    are unchanged."""
+    import cv2
+
+    from fkp.train.dataset import AugmentConfig, FaceDataset
+
+    img, pts = _marked_image()
+    still = dict(shift=0, scale=(1, 1), aspect=0, rotation=0, flip=0, brightness=0, contrast=0,
+                 saturation=0, hue=0, blur=0, noise=3)
+    g0, p0, _ = FaceDataset([img], pts[None], 160, 0.25, augment=AugmentConfig(**still),
+                            seed=1).sample(0)
+    diffs = []
+    for q in (20, 90):
+        g1, p1, _ = FaceDataset([img], pts[None], 160, 0.25, seed=1, augment=AugmentConfig(
+            **still, jpeg=1.0, jpeg_quality=(q, q))).sample(0)
+        assert np.array_equal(p0, p1) and g1.shape == g0.shape and g1.dtype == np.uint8
+        ok, buf = cv2.imencode(".jpg", g0, [cv2.IMWRITE_JPEG_QUALITY, q])
+        assert np.array_equal(g1, cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE))
+        diffs.append(np.abs(g1.astype(int) - g0).mean())
+    assert 0 < diffs[1] < diffs[0] < 10
+    with pytest.raises(ValueError, match="jpeg_quality needs 1 <= LO <= HI <= 100"):
+        AugmentConfig().override(["jpeg_quality=50:120"])
+    with pytest.raises(ValueError, match="probability"):
+        AugmentConfig().override(["jpeg=1.5"])
+
+
 def test_loader_workers_draw_different_augmentations_reproducibly():
     """With --workers, each DataLoader worker gets its own augmentation stream (forked workers
     used to inherit one Generator state and draw identical rotations, flips and noise), and

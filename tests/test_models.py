@@ -78,3 +78,30 @@ def test_precise_bn_replaces_stale_statistics(tmp_path):
     assert not model.training
     assert (stale - ref).abs().mean() > 10 * (fixed - ref).abs().mean()
     assert (fixed - ref).abs().max() < 1e-3
+
+
+def test_nme_loss_is_the_evaluation_metric_with_an_iod_floor():
+    """``--loss nme`` is the reported NME (as a fraction) under any similarity transform of
+    the crop, and divides by at least IOD_FLOOR for faces seen from the side."""
+    import numpy as np
+
+    from fkp.tracker.landmarks import nme
+    from fkp.train.losses import IOD_FLOOR, coord_loss
+
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0.2, 0.8, (5, 68, 2))
+    true[:, 36], true[:, 45] = [0.3, 0.4], [0.7, 0.42]                 # frontal faces
+    pred = true + rng.normal(0, 0.01, true.shape)
+    want = nme(pred, true).mean() / 100
+    got = coord_loss(torch.tensor(pred), torch.tensor(true), "nme")
+    assert abs(float(got) - want) < 1e-9
+    # scale and shift do not change it (crop pixels or normalised crop coordinates)
+    got = coord_loss(torch.tensor(pred * 3 + 1) / 4, torch.tensor(true * 3 + 1) / 4, "nme")
+    assert abs(float(got) - want) < 1e-9
+    side = true.copy()
+    side[:, 45] = side[:, 36] + [0.01, 0.0]                             # eye corners 0.01 apart
+    err = np.linalg.norm(pred - side, axis=-1).mean()
+    assert abs(float(coord_loss(torch.tensor(pred), torch.tensor(side), "nme"))
+               - err / IOD_FLOOR) < 1e-9
+    with pytest.raises(ValueError, match="68 points"):
+        coord_loss(torch.zeros(2, 1, 2), torch.zeros(2, 1, 2), "nme")

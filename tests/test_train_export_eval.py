@@ -128,6 +128,20 @@ def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path):
                                 "(use --device cpu)")
 
 
+def test_train_nme_loss_runs_and_needs_68_points(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=6, people=3)
+    common = ["--data", str(data), "--input-size", "64", "--epochs", "1", "--batch", "2",
+              "--max-steps", "2", "--val-fraction", "0.34", "--loss", "nme"]
+    p = run("fkp.train.cli", "--arch", "nosetip", "--out", str(tmp_path / "n"), *common,
+            check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "fkp-train: error: --loss nme needs a 68-point network; 'nosetip' predicts 1")
+    run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "f"), *common)
+    hist = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert np.isfinite(hist["history"][0]["train_loss"])
+
+
 def test_train_bad_dataset_is_one_line(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4)
     (data / "images" / "Person_1_01.jpg").write_bytes(b"garbage")
@@ -297,6 +311,39 @@ def test_ensemble_known_answer_and_bad_members(tmp_path):
         assert not (tmp_path / "bad.onnx").exists()
 
 
+def test_ensemble_soup_averages_the_weights_of_one_graph(tmp_path):
+    """--soup: one graph whose weights are the members' mean (for constant models, the mean
+    shape); the same architecture is kept; members of another graph are refused."""
+    from fkp.export.onnx_export import portable_path
+    from fkp.tracker.runtime import LandmarkModel
+
+    data, shapes = write_folder(tmp_path / "d", n=6, people=3)
+    norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32
+    other = norm + np.array([0.04, -0.02])
+    a, b, out = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "s.onnx"
+    constant_model(a, norm)
+    constant_model(b, other)
+    p = run("fkp.export.ensemble", str(a), str(b), str(out), "--soup", "--data", str(data),
+            "--val-fraction", "0.5")
+    assert "soup" in p.stdout
+    m = LandmarkModel(out, "cpu")
+    assert len(onnx.load(str(out)).graph.node) == len(onnx.load(str(a)).graph.node)
+    pts, _ = m.predict_crops(np.zeros((2, 32, 32), np.uint8))
+    assert np.allclose(pts / 32, (norm + other) / 2, atol=1e-6)
+    assert m.meta.arch == "const" and m.meta.training["combine"] == "weights"
+    assert m.meta.training["command"].split()[3:5] == [portable_path(str(out)), "--soup"]
+    assert "weights of these members (fkp-ensemble --soup)" in (tmp_path / "s.md").read_text()
+    proto = onnx.load(str(b))                       # same crop format, one node more
+    proto.graph.node.insert(0, helper.make_node("Identity", ["c"], ["c2"]))
+    proto.graph.node[-1].input[0] = "c2"
+    onnx.save(proto, str(b))
+    p = run("fkp.export.ensemble", str(a), str(b), str(tmp_path / "bad.onnx"), "--soup",
+            "--data", str(data), check=False)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert "member 1's graph differs from member 0's" in p.stderr
+    assert not (tmp_path / "bad.onnx").exists()
+
+
 def test_ensemble_of_nets_keeps_every_head_in_float_when_quantized(trained):
     from fkp.export.ensemble import ensemble
     from fkp.export.quantize import float_nodes
@@ -317,6 +364,13 @@ def test_ensemble_of_nets_keeps_every_head_in_float_when_quantized(trained):
     single = onnx.load(str(net)).graph
     convs = [n.name for n in single.node if n.op_type == "Conv"]
     assert [n for n in float_nodes(single) if n in convs] == convs[-1:]
+    # two exports of one checkpoint are one graph: their soup computes the same function
+    again = tmp / "m2.onnx"
+    run("fkp.export.onnx_export", str(out / "final.pt"), str(again), "--no-card")
+    ensemble([net, again], tmp / "soup.onnx", [str(data)], val_fraction=0.34, card=False,
+             soup=True)
+    ps, ss = LandmarkModel(tmp / "soup.onnx", "cpu").predict_crops(crops)
+    assert np.allclose(pa, ps, atol=1e-4) and np.allclose(sa, ss, atol=1e-5)
 
 
 def test_eval_several_models_reports_their_average_and_disagreement(tmp_path):

@@ -44,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="(max) learning rate of Adam")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--schedule", choices=("onecycle", "constant"), default="onecycle")
-    p.add_argument("--loss", choices=LOSSES, default="l1")
+    p.add_argument("--loss", choices=LOSSES, default="l1",
+                   help="point loss: l1 (default), mse, wing (Feng et al. 2018), or nme: each "
+                        "point's distance over the face's outer-eye-corner distance, the "
+                        "reported metric itself (68-point nets)")
     p.add_argument("--heatmap-weight", type=float, default=1.0,
                    help="weight of the heatmap regulariser (heatmap models only)")
     p.add_argument("--margin", type=float, default=0.25, help="crop margin around the point box")
@@ -55,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="set augmentation ranges (fkp.train.dataset.AugmentConfig): "
                         "shift=0.08 scale=0.9:1.12 aspect=0.08 rotation=25 (degrees) "
                         "brightness=0.3 contrast=0.3 saturation=0.4 hue=10 noise=4 (the "
-                        "defaults); probabilities: flip=0.5 blur=0.15")
+                        "defaults); probabilities: flip=0.5 blur=0.15 jpeg=0 (a JPEG round "
+                        "trip of the crop at jpeg_quality=30:90, as compressed video)")
     p.add_argument("--occlusion", type=float, default=0.0, metavar="P",
                    help="probability of painting a random rectangle over a training crop "
                         "(robustness to hands and objects; default 0 = off)")

@@ -45,6 +45,8 @@ class AugmentConfig:
     noise: float = 4.0         # max std of Gaussian pixel noise (0-255 scale)
     occlusion: float = 0.0     # probability of one random occluding rectangle
     occlusion_size: tuple[float, float] = (0.15, 0.45)   # its sides, fraction of the crop
+    jpeg: float = 0.0          # probability of a JPEG round trip (compressed video, webcams)
+    jpeg_quality: tuple[float, float] = (30.0, 90.0)     # its quality range (1-100)
 
     def override(self, items: list[str]) -> "AugmentConfig":
         """A copy with ``NAME=VALUE`` items applied (``fkp-train --aug``): numbers for the
@@ -76,8 +78,10 @@ class AugmentConfig:
                 need = ("0 < LO <= HI" if name == "scale" else "0 <= LO <= HI") if pair \
                     else "a value >= 0"
                 raise ValueError(f"augmentation {item!r}: {name} needs {need}")
-            if name in ("flip", "blur", "occlusion") and hi > 1:
+            if name in ("flip", "blur", "occlusion", "jpeg") and hi > 1:
                 raise ValueError(f"augmentation {item!r}: {name} is a probability (0-1)")
+            if name == "jpeg_quality" and not 1 <= lo <= hi <= 100:
+                raise ValueError(f"augmentation {item!r}: {name} needs 1 <= LO <= HI <= 100")
             changes[name] = value
         return replace(self, **changes)
 
@@ -148,7 +152,13 @@ class FaceDataset(Dataset):
             g += r.normal(0, r.uniform(0, a.noise), g.shape).astype(np.float32)
         if a.occlusion > 0 and r.random() < a.occlusion:    # (off: the RNG stream as before)
             self.occlude(g)
-        return np.clip(g, 0, 255).astype(np.uint8)
+        out = np.clip(g, 0, 255).astype(np.uint8)
+        if a.jpeg > 0 and r.random() < a.jpeg:              # (off: the RNG stream as before)
+            quality = int(round(r.uniform(*a.jpeg_quality)))
+            ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        return out
 
     def occlude(self, g: np.ndarray) -> None:
         """Paint one random rectangle (flat grey or noise) over the (S, S) crop, in place.

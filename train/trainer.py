@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fkp.tracker.data import DatasetError, load_all, read_dataset, split_by_group
+from fkp.tracker.landmarks import NUM_POINTS
 
 from .dataset import AugmentConfig, FaceDataset, normalise, seed_worker
 from .evaluation import metrics, pick_device, predict, recalibrate_bn
@@ -96,6 +97,9 @@ class Trainer:
         self.model = create_model(args.arch, input_size=args.input_size)
         self.bf16 = bool(getattr(args, "bf16", False))
         idx = self.model.point_indices
+        if args.loss == "nme" and len(idx) != NUM_POINTS:
+            raise ValueError(f"--loss nme needs a {NUM_POINTS}-point network; {args.arch!r} "
+                             f"predicts {len(idx)}")
         tr_img = [im for s in self.splits for im in s.train_images]
         tr_pts = np.stack([p for s in self.splits for p in s.train_points])
         offsets = parse_label_offsets(args.label_offset, len(self.splits))
