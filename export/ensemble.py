@@ -14,7 +14,8 @@ is one inference per member.
 basin, such as fine-tunes of one model (``fkp-train --init``) and that model itself; the
 members must be the same graph (same architecture and fkp-export), else it is refused. The
 exported weights have every BatchNorm folded into its convolution, so each convolution's
-folded weight and bias are averaged.
+folded weight and bias are averaged. Quantized members are refused: average the float
+models, then quantize the soup (``fkp-quantize``).
 
 Either way the result is evaluated on the held-out people of every ``--data`` set (as
 ``fkp-eval --split val``), next to each member, and those figures go into its metadata and
@@ -119,6 +120,10 @@ def average_weights(protos: list):
         if first_value.dtype.kind == "f":
             mean = np.mean([a[k].astype(np.float64) for a in arrays], axis=0)
             t.CopyFrom(numpy_helper.from_array(mean.astype(first_value.dtype), t.name))
+        elif any(not np.array_equal(first_value, a[k]) for a in arrays[1:]):
+            raise EnsembleError(f"members differ in the integer tensor {t.name!r}: --soup "
+                                "averages float weights; average the float models, then "
+                                "quantize the result (fkp-quantize)")
     model.producer_name = "fkp-ensemble --soup"
     return model
 

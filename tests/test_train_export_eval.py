@@ -333,15 +333,21 @@ def test_ensemble_soup_averages_the_weights_of_one_graph(tmp_path):
     assert m.meta.arch == "const" and m.meta.training["combine"] == "weights"
     assert m.meta.training["command"].split()[3:5] == [portable_path(str(out)), "--soup"]
     assert "weights of these members (fkp-ensemble --soup)" in (tmp_path / "s.md").read_text()
-    proto = onnx.load(str(b))                       # same crop format, one node more
-    proto.graph.node.insert(0, helper.make_node("Identity", ["c"], ["c2"]))
-    proto.graph.node[-1].input[0] = "c2"
-    onnx.save(proto, str(b))
-    p = run("fkp.export.ensemble", str(a), str(b), str(tmp_path / "bad.onnx"), "--soup",
-            "--data", str(data), check=False)
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
-    assert "member 1's graph differs from member 0's" in p.stderr
-    assert not (tmp_path / "bad.onnx").exists()
+    # same crop format, but one node more; or integer tensors that differ (quantized
+    # members: their int8 weights cannot be averaged)
+    more, ints = onnx.load(str(b)), onnx.load(str(b))
+    more.graph.node.insert(0, helper.make_node("Identity", ["c"], ["c2"]))
+    more.graph.node[-1].input[0] = "c2"
+    ax = next(t for t in ints.graph.initializer if t.name == "ax")
+    ax.CopyFrom(helper.make_tensor("ax", TensorProto.INT64, [2], [2, 1]))
+    for proto, why in ((more, "member 1's graph differs from member 0's"),
+                       (ints, "members differ in the integer tensor 'ax'")):
+        onnx.save(proto, str(b))
+        p = run("fkp.export.ensemble", str(a), str(b), str(tmp_path / "bad.onnx"), "--soup",
+                "--data", str(data), check=False)
+        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+        assert why in p.stderr, p.stderr
+        assert not (tmp_path / "bad.onnx").exists()
 
 
 def test_ensemble_of_nets_keeps_every_head_in_float_when_quantized(trained):
