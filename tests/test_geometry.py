@@ -123,7 +123,7 @@ def test_occlusion_paints_one_rectangle_and_keeps_the_points():
         assert ys.max() - ys.min() < 0.45 * 160 + 1 and xs.max() - xs.min() < 0.45 * 160 + 1
 
 
-def test_jpeg_round_trip_keeps_the_points_and_leaves_blocky_pixels():
+def test_jpeg_round_trip_is_cv2s_and_keeps_the_points():
     """--aug jpeg=P: the crop goes through JPEG at a quality in jpeg_quality (close to the
     plain crop, not equal to it, worse at lower quality); points and the RNG draws before it
     are unchanged."""

@@ -81,8 +81,8 @@ def test_precise_bn_replaces_stale_statistics(tmp_path):
 
 
 def test_nme_loss_is_the_evaluation_metric_with_an_iod_floor():
-    """``--loss nme`` is the reported NME (as a fraction) under any similarity transform of
-    the crop, and divides by at least IOD_FLOOR for faces seen from the side."""
+    """``--loss nme`` is the reported NME (as a fraction), also after the coordinates are
+    scaled and shifted, and divides by at least IOD_FLOOR for faces seen from the side."""
     import numpy as np
 
     from fkp.tracker.landmarks import nme
