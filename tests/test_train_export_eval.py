@@ -281,6 +281,49 @@ def test_eval_mirror_bias_recovers_a_label_offset(tmp_path):
     assert res["label_offset_x_px"] == pytest.approx(o * frac, abs=2e-3)
 
 
+def test_label_noise_recovers_the_noise_of_labels_around_a_perfect_prediction():
+    """Frames of one face whose labels carry Gaussian noise of 2 % of IOD per coordinate,
+    predicted exactly: the estimate is 2 %; a net that copies the noisy labels gives 0."""
+    from conftest import template_shape
+    from fkp.tracker.data import DatasetError
+    from fkp.tracker.evaluate import label_noise
+    from fkp.tracker.runtime import ModelError
+
+    rng = np.random.default_rng(0)
+    shapes, groups = [], []
+    for g in range(40):
+        base = template_shape() + rng.normal(0, 0.01, (68, 2))          # one person
+        for _ in range(6):                                              # frames of a video
+            a, s = rng.uniform(-0.3, 0.3), rng.uniform(150, 250)
+            rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+            frame = (base + rng.normal(0, 0.01, (68, 2))) @ rot.T * s
+            shapes.append(frame + rng.uniform(0, 300, 2))
+            groups.append(f"p{g}")
+    truth_free = np.stack(shapes)
+    iod = np.linalg.norm(truth_free[:, 45] - truth_free[:, 36], axis=1)
+    labels = truth_free + rng.normal(0, 1, truth_free.shape) * 0.02 * iod[:, None, None]
+    res = label_noise(truth_free, labels, np.array(groups))
+    assert res["label_noise_rms"] == pytest.approx(2.0, rel=0.1)
+    assert res["nme_floor"] == pytest.approx(2.0 * np.sqrt(np.pi / 2), rel=0.1)
+    assert res["noise_pairs"] == round(40 * 15 / 2)
+    assert label_noise(labels, labels, np.array(groups))["label_noise_rms"] == 0
+    with pytest.raises(DatasetError, match="two or more"):
+        label_noise(labels[:3], labels[:3], np.array(["a", "b", "c"]))
+    with pytest.raises(ModelError, match="68-point"):
+        label_noise(labels[:, 30:31], labels, np.array(groups))
+
+
+def test_eval_label_noise_reports_in_the_json_line(tmp_path):
+    data, shapes = write_folder(tmp_path / "d", n=6, people=3)
+    norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32
+    constant_model(tmp_path / "c.onnx", norm)
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(tmp_path / "c.onnx"),
+            "--label-noise")
+    assert "label noise:" in p.stdout
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["noise_pairs"] == 2 and res["label_noise_rms"] >= 0 and "nme_floor" in res
+
+
 def test_ensemble_known_answer_and_bad_members(tmp_path):
     from fkp.tracker.runtime import LandmarkModel
 

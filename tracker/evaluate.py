@@ -9,7 +9,8 @@ and 45), ``mae`` mean absolute error in pixels of the original image over x and 
 report's metric), ``failure_rate`` percent of faces with NME > 10. The last stdout line is
 one JSON object ``{"n", "nme", "mae", "failure_rate", "model"}``. With several ``--model``
 values it is their average's (in frame coordinates), with each one's NME (``members``) and
-how far apart their predictions are (``disagreement``).
+how far apart their predictions are (``disagreement``). ``--label-noise`` adds an estimate of
+the labels' own noise from frames of one person (:func:`label_noise`).
 """
 from __future__ import annotations
 
@@ -54,13 +55,14 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
     ``--label-offset`` of fkp-train) whatever d it learned.
 
     ``split`` "val" (or "train") keeps only those people of fkp-train's fixed split.
+    ``groups`` (N,) is each face's split group (person or source photo).
     """
     bad: list[str] | None = [] if skip_bad else None
     samples = read_dataset(data, bad)
     samples = select_split(samples, split, val_fraction)
     if limit:
         samples = samples[:limit]
-    preds, truths, mirrored, skipped = [], [], [], len(bad or [])
+    preds, truths, groups, mirrored, skipped = [], [], [], [], len(bad or [])
     if mirror_bias and model.meta.num_points != NUM_POINTS:
         raise ModelError(f"{model.path}: --mirror-bias needs a {NUM_POINTS}-point model")
     for s in tqdm(samples, desc="eval", leave=False, disable=len(samples) < 50):
@@ -75,6 +77,7 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         pts, _ = model.predict(gray, box[None])
         preds.append(pts[0])
         truths.append(s.points)
+        groups.append(s.group)
         if mirror_bias:
             mirrored.append(mirrored_prediction(model, gray, box))
     if not preds:
@@ -93,7 +96,54 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
                  "label_offset_x_px": round(-float((pred - t)[..., 0].mean() + mb[0]) / 2, 4)}
     return {**extra, **_summary(pred, t, errors),
             "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
-            "skipped": skipped, "points": pred, "truth": truth}
+            "skipped": skipped, "points": pred, "truth": truth, "groups": np.array(groups)}
+
+
+def _face_frame(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Points (N, 68, 2) in image pixels -> the frame of the reference shapes ``ref`` (N, 68,
+    2): origin at the points' own mean, x along ref's eye axis (36 -> 45), % of ref's IOD."""
+    e = ref[:, 45] - ref[:, 36]
+    iod = np.linalg.norm(e, axis=1)
+    c, s = e[:, 0] / iod, e[:, 1] / iod
+    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
+    return 100 * np.einsum("nij,nkj->nki", rot, points - points.mean(1, keepdims=True)) \
+        / iod[:, None, None]
+
+
+def label_noise(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray,
+                fraction: float = 0.5) -> dict:
+    """Estimate the labels' own noise from groups whose faces are frames of one face
+    (youtube-faces-68: a person's video; meaningless where a group's faces are different
+    people, as in 300-W photos).
+
+    ``pred`` and ``truth`` (N, 68, 2) are image pixels; both shapes of a face go into the
+    frame of its label (:func:`_face_frame`). For frames i, j of one group, the mean square
+    difference per coordinate of their labels is dT = dS + 2 s2 (the true change of shape plus
+    both labels' noise of variance s2, if independent) and that of the predictions dP = dS +
+    dE (plus the change of the net's error). Over the ``fraction`` of pairs whose predictions
+    differ least, (dT - dP) / 2 = s2 - dE / 2: a lower estimate of s2 when the net's error is
+    independent of the labels' noise and the net follows the true changes of shape. A net that
+    does not (one that predicts nearly the mean face) sees a smaller dP than dS and inflates
+    the estimate, so use it with an accurate net. Returns ``noise_pairs``,
+    ``label_noise_rms`` (sqrt s2, % of IOD per coordinate) and ``nme_floor`` (s *
+    sqrt(pi / 2), the NME a perfect predictor would score against labels with isotropic
+    Gaussian noise of that size)."""
+    if pred.shape[1:] != (NUM_POINTS, 2):
+        raise ModelError(f"--label-noise needs a {NUM_POINTS}-point model")
+    t, p = _face_frame(truth, truth), _face_frame(pred, truth)
+    d_t, d_p = [], []
+    for g in np.unique(groups):
+        idx = np.flatnonzero(groups == g)
+        i, j = np.triu_indices(len(idx), 1)
+        d_t.append(((t[idx[i]] - t[idx[j]]) ** 2).mean(axis=(1, 2)))
+        d_p.append(((p[idx[i]] - p[idx[j]]) ** 2).mean(axis=(1, 2)))
+    d_t, d_p = np.concatenate(d_t), np.concatenate(d_p)
+    if not len(d_t):
+        raise DatasetError("--label-noise needs groups (people) with two or more faces")
+    keep = np.argsort(d_p, kind="stable")[:max(1, int(round(fraction * len(d_p))))]
+    rms = float(np.sqrt(max((d_t[keep] - d_p[keep]).mean() / 2, 0.0)))
+    return {"noise_pairs": int(len(keep)), "label_noise_rms": rms,
+            "nme_floor": rms * float(np.sqrt(np.pi / 2))}
 
 
 def _summary(pred: np.ndarray, truth: np.ndarray, errors: np.ndarray) -> dict:
@@ -160,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mirror-bias", action="store_true",
                    help="also report the mean error of mirrored crops and the label offset "
                         "in x it implies (label_offset_x_px, for fkp-train --label-offset)")
+    p.add_argument("--label-noise", action="store_true",
+                   help="also estimate the labels' own noise from the frames of each person "
+                        "(youtube-faces-68 style data) and the NME it alone would cost a "
+                        "perfect predictor; meaningful with an accurate model only (see "
+                        "fkp.tracker.evaluate.label_noise)")
     p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
@@ -181,6 +236,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE "
                   f"{res['mae']:.2f} px  failures {res['failure_rate']:.1f} %  (n={res['n']}, "
                   f"provider {model.provider})", flush=True)
+            if args.label_noise:
+                res.update(label_noise(res["points"], res["truth"], res["groups"]))
+                print(f"label noise: {res['label_noise_rms']:.2f} % of IOD per coordinate "
+                      f"(rms, from the {res['noise_pairs']} pairs of frames predicted most "
+                      f"alike); a perfect predictor would score NME about "
+                      f"{res['nme_floor']:.2f} %",
+                      flush=True)
             key = model.path.name if model.path.name not in results else str(model.path)
             results[key] = res
         label = "+".join(results)
@@ -197,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()
            if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",
-                    "label_offset_x_px", "members", "disagreement")}
+                    "label_offset_x_px", "members", "disagreement", "label_noise_rms",
+                    "nme_floor", "noise_pairs")}
     print(json.dumps({**out, "model": label}))
     return 0
 
