@@ -287,6 +287,7 @@ def test_label_noise_recovers_the_noise_of_labels_around_a_perfect_prediction():
     from conftest import template_shape
     from fkp.tracker.data import DatasetError
     from fkp.tracker.evaluate import label_noise
+    from fkp.tracker.landmarks import interocular
     from fkp.tracker.runtime import ModelError
 
     rng = np.random.default_rng(0)
@@ -300,7 +301,7 @@ def test_label_noise_recovers_the_noise_of_labels_around_a_perfect_prediction():
             shapes.append(frame + rng.uniform(0, 300, 2))
             groups.append(f"p{g}")
     truth_free = np.stack(shapes)
-    iod = np.linalg.norm(truth_free[:, 45] - truth_free[:, 36], axis=1)
+    iod = interocular(truth_free)
     labels = truth_free + rng.normal(0, 1, truth_free.shape) * 0.02 * iod[:, None, None]
     res = label_noise(truth_free, labels, np.array(groups))
     assert res["label_noise_rms"] == pytest.approx(2.0, rel=0.1)

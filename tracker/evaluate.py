@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from .data import DatasetError, load_image, read_dataset, select_split
 from .geometry import apply_affine, box_from_points, invert_affine
-from .landmarks import NUM_POINTS, interocular
+from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError, unmirror_points
 from .writers import quiet_broken_pipe
@@ -102,8 +102,8 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
 def _face_frame(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Points (N, 68, 2) in image pixels -> the frame of the reference shapes ``ref`` (N, 68,
     2): origin at the points' own mean, x along ref's eye axis (36 -> 45), % of ref's IOD."""
-    e = ref[:, 45] - ref[:, 36]
-    iod = np.linalg.norm(e, axis=1)
+    e = ref[:, RIGHT_EYE_OUTER] - ref[:, LEFT_EYE_OUTER]
+    iod = interocular(ref)
     c, s = e[:, 0] / iod, e[:, 1] / iod
     rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
     return 100 * np.einsum("nij,nkj->nki", rot, points - points.mean(1, keepdims=True)) \
