@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import pytest
 
-from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, make_tiny_model
+from conftest import (BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, FRAME_H, FRAME_W, face_frame,
+                      make_tiny_model)
 from fkp.tracker import cli
 
 N_COLS = 4 + 136
@@ -94,12 +96,15 @@ def bad_inputs(tmp_path, tiny_model, face_video):
         "csv is a dir": ([*v, *m, "--json", tmp_path], "directory"),
         "unwritable video": ([*v, *m, "--out", tmp_path / "no/dir/x.mp4"], "cannot write"),
         "bad detector": ([*v, *m, "--detector", tmp_path / "yunet.onnx"], "YuNet"),
+        "out-dir is a file": ([*v, *m, "--out-dir", face_video], "it is a file"),
+        "out-dir without parent": ([*v, *m, "--out-dir", tmp_path / "no/dir"], "not exist"),
     }
 
 
 CASES = ["missing video", "unreadable video", "video without frames", "camera",
          "missing model", "corrupt model", "no metadata", "metadata misfit", "unknown model",
-         "unwritable csv", "csv is a dir", "unwritable video", "bad detector"]
+         "unwritable csv", "csv is a dir", "unwritable video", "bad detector",
+         "out-dir is a file", "out-dir without parent"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -109,6 +114,42 @@ def test_bad_inputs_one_line_nonzero(capsys, bad_inputs, case):
     assert rc == 1, (out, err)
     assert err.count("\n") == 1 and err.startswith("fkp-track: error: "), err
     assert words in err and "Traceback" not in err
+
+
+def _photo_points(capsys, tmp_path, model, folder, *extra) -> dict[str, list]:
+    """fkp-track on an image folder; {image file name: points of its first face}."""
+    out = tmp_path / f"p{len(list(tmp_path.glob('p*.jsonl')))}.jsonl"
+    rc, _, err = run_main(capsys, folder, "--model", model, "--no-display", "--threads", 1,
+                          "--json", out, *extra)
+    assert rc == 0, err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    return {Path(d["image"]).name: d["faces"][0]["points"] for d in lines}
+
+
+def test_image_folder_each_image_on_its_own(capsys, tmp_path, tiny_model, astronaut_bgr):
+    """Photos of a folder are unrelated: the second one's points are what it gets alone
+    (no track or smoothing carried over), unless --track-images says they are one clip;
+    --out-dir writes them under their names and never over the inputs."""
+    photos, alone = tmp_path / "photos", tmp_path / "alone"
+    photos.mkdir()
+    alone.mkdir()
+    cv2.imwrite(str(photos / "a.png"), face_frame(astronaut_bgr, 0))
+    cv2.imwrite(str(photos / "b.png"), face_frame(astronaut_bgr, 8))   # moved 7 px
+    cv2.imwrite(str(alone / "b.png"), face_frame(astronaut_bgr, 8))
+    ann = tmp_path / "annotated"
+    both = _photo_points(capsys, tmp_path, tiny_model, photos, "--out-dir", ann)
+    assert sorted(both) == ["a.png", "b.png"]
+    single = _photo_points(capsys, tmp_path, tiny_model, alone)
+    assert both["b.png"] == single["b.png"]
+    tracked = _photo_points(capsys, tmp_path, tiny_model, photos, "--track-images")
+    assert tracked["b.png"] != both["b.png"]          # tracked from a.png, smoothed
+    assert sorted(q.name for q in ann.iterdir()) == ["a.png", "b.png"]     # no temp files
+    assert cv2.imread(str(ann / "b.png")).shape == (FRAME_H, FRAME_W, 3)
+    before = (photos / "a.png").read_bytes()
+    rc, _, err = run_main(capsys, photos, "--model", tiny_model, "--no-display",
+                          "--out-dir", photos)
+    assert rc == 1 and err.count("\n") == 1 and "would overwrite" in err
+    assert (photos / "a.png").read_bytes() == before
 
 
 def test_cuda_without_gpu(capsys, tiny_model, face_video):

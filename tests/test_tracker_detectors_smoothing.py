@@ -110,6 +110,9 @@ def test_fallback_detector_takes_turns_in_the_primary_convention():
     np.testing.assert_allclose(det.to_landmark_box(out[:1, :4]),
                                fbs[0].to_landmark_box(np.array([fbs[0].box], float)))
     np.testing.assert_allclose(out[1, :4], primary.box)
+    every = det.detect_every(gray)              # a photo: all fallbacks, the turn unchanged
+    np.testing.assert_array_equal(every[:, 4], [0.9, 0.5, 0.3])
+    assert det.turn == 5 and [f.calls for f in fbs] == [4, 3]
     with pytest.raises(ValueError):
         FallbackDetector(primary, [])
     with pytest.raises(ValueError, match="BoxFactors"):

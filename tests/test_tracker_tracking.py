@@ -181,3 +181,24 @@ def test_periodic_scan_uses_the_cheaper_twin(tiny_model, astronaut_bgr):
     tracker.process(blank)                   # the face is lost: full scan
     tracker.process(blank)                   # nothing tracked: full scan
     assert calls == ["full", "scan", "scan", "full", "full"]
+
+
+def test_forget_detects_afresh_and_keeps_counting(tiny_model, astronaut_bgr):
+    """After forget() a frame gets what a fresh tracker gives it (every detector fallback
+    at once, no track or smoothing carried over, ids from 0), and the counters go on."""
+    from conftest import face_frame
+
+    frame = face_frame(astronaut_bgr, 3)
+    fresh = Tracker(tiny_model, device="cpu", threads=1, async_scan=False)
+    fresh.forget()
+    alone = fresh.process(frame, 0.0)
+    tracker = Tracker(tiny_model, device="cpu", threads=1, async_scan=False)
+    for i in range(3):
+        tracker.process(face_frame(astronaut_bgr, i), i * 40.0)
+    assert tracker.stats["detections"] == 1
+    tracker.forget()
+    res = tracker.process(frame, 120.0)
+    assert res.index == 3 and tracker.stats["frames"] == 4 and tracker.stats["detections"] == 2
+    assert len(res) >= 1 and list(res.ids) == list(range(len(res)))
+    np.testing.assert_array_equal(res.points, alone.points)
+    np.testing.assert_array_equal(res.points, res.raw_points)   # no smoothing carried over

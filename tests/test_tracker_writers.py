@@ -10,7 +10,8 @@ import pytest
 
 from fkp.tracker.draw import FpsMeter, draw_fps, draw_result
 from fkp.tracker.tracking import FrameResult
-from fkp.tracker.writers import CsvWriter, JsonLinesWriter, OutputError, VideoOutput
+from fkp.tracker.writers import (CsvWriter, ImageDirOutput, JsonLinesWriter, OutputError,
+                                 VideoOutput)
 
 
 def result(index: int, n: int) -> FrameResult:
@@ -91,3 +92,26 @@ def test_draw_empty_and_fps_meter():
     for i in range(10):
         fps = m.tick(i * 0.02)
     assert fps == pytest.approx(50.0)
+
+
+def test_json_names_the_image_file(tmp_path):
+    path = tmp_path / "out.jsonl"
+    with JsonLinesWriter(path) as w:
+        w.write(result(0, 1), tmp_path / "photos" / "a.jpg")
+        w.write(result(1, 1))
+    first, second = (json.loads(line) for line in path.read_text().splitlines())
+    assert first["image"] == str(tmp_path / "photos" / "a.jpg") and "image" not in second
+
+
+def test_image_dir_names_and_atomic_files(tmp_path):
+    out = ImageDirOutput(tmp_path / "ann")              # created
+    img = np.zeros((30, 40, 3), np.uint8)
+    img[10:20, 10:30] = 200
+    assert out.write(img, 0, "x/a.png").name == "a.png"
+    assert out.write(img, 1, "y/a.png").name == "a-1.png"   # same name from another folder
+    assert out.write(img, 7).name == "000007.jpg"            # camera / video frames
+    assert sorted(q.name for q in (tmp_path / "ann").iterdir()) == ["000007.jpg", "a-1.png",
+                                                                    "a.png"]
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "ann" / "a.png")), img)  # lossless
+    with pytest.raises(OutputError, match="does not exist"):
+        ImageDirOutput(tmp_path / "no" / "ann")

@@ -469,3 +469,36 @@ def test_model_card_command_repeats_the_options_that_were_set():
     assert "None" not in cmd and "--init" not in cmd and "--bf16" not in cmd
     i = cmd.index("--aug")
     assert cmd[i + 1:i + 3] == ["rotation=10", "scale=0.9:1.1"]
+
+
+def test_eval_from_detector_matches_found_faces_and_counts_missed_ones(tmp_path, tiny_model,
+                                                                      astronaut_bgr):
+    """--from-detector: the face fkp-track finds in a photo is scored against the labels; a
+    photo where no face is found counts as missed (a failure) and stays out of the NME."""
+    import cv2
+
+    from conftest import face_frame
+    from fkp.tracker.tracking import Tracker
+
+    photo = face_frame(astronaut_bgr, 0)
+    tracker = Tracker(tiny_model, device="cpu", smooth=0.0, async_scan=False)
+    tracker.forget()
+    found = tracker.process(photo, 0.0).raw_points
+    assert len(found) >= 1
+    pts = found[0] + [[1.5, 0.0]]                     # labels 1.5 px right of the answer
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "a_01.png"), photo)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "b_01.png"), np.full_like(photo, 128))
+    row = ",".join(f"{v:.4f}" for v in pts.ravel())
+    header = "image," + ",".join(f"x{i},y{i}" for i in range(68))
+    (tmp_path / "d" / "landmarks.csv").write_text(f"{header}\na_01.png,{row}\nb_01.png,{row}\n")
+    p = run("fkp.tracker.evaluate", str(tmp_path / "d"), "--model", str(tiny_model),
+            "--from-detector")
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    iod = np.linalg.norm(pts[36] - pts[45])
+    assert res["n"] == 2 and res["detected"] == 50.0 and res["failure_rate"] == 50.0
+    assert res["nme"] == pytest.approx(100 * 1.5 / iod, abs=1e-3)
+    assert res["mae"] == pytest.approx(0.75, abs=1e-3)
+    p = run("fkp.tracker.evaluate", str(tmp_path / "d"), "--model", str(tiny_model),
+            "--model", str(tiny_model), "--from-detector", check=False)
+    assert p.returncode == 2 and "--from-detector takes one --model" in p.stderr

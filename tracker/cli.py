@@ -21,7 +21,8 @@ EXAMPLES = """\
 examples:
   fkp-track                                 # webcam 0, live window (q or Esc quits)
   fkp-track --video talk.mp4 --no-display --csv talk.csv --out talk_tracked.mp4
-  fkp-track --images 'frames/*.png' --no-display --json points.jsonl
+  fkp-track photos/ --no-display --json points.jsonl --out-dir annotated/
+  fkp-track --images 'frames/*.png' --track-images --no-display --csv points.csv
   fkp-track --camera 1 --model resnet50 --device cuda --contours
 
 exit status: 0 ok, 1 error, 2 bad usage, 3 video ended early (truncated), 130 interrupted
@@ -72,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--camera", type=int, metavar="N", help="camera index")
     src.add_argument("--video", metavar="PATH", help="video file")
     src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
+    src.add_argument("--track-images", action="store_true",
+                     help="images are the frames of one clip: track and smooth across them "
+                          "(default: each image on its own, faces detected afresh)")
     m = ap.add_argument_group("model and tracking")
     m.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
                    help="shipped model name (fastnet-int8, fastnet, resnet50, ...) or .onnx "
@@ -101,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-display", action="store_true", help="no live window (headless)")
     o.add_argument("--contours", action="store_true", help="draw face contours")
     o.add_argument("--out", metavar="VIDEO", help="write an annotated video (.mp4 or .avi)")
+    o.add_argument("--out-dir", metavar="DIR",
+                   help="write each annotated frame as an image into DIR (created if "
+                        "missing): images keep their file names, other frames are "
+                        "numbered 000000.jpg, 000001.jpg, ...")
     o.add_argument("--csv", metavar="FILE", help="write points as CSV ('-' = stdout)")
     o.add_argument("--json", metavar="FILE", help="write points as JSON Lines ('-' = stdout)")
     o.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
@@ -168,6 +176,21 @@ def _source_spec(args, ap: argparse.ArgumentParser) -> tuple[object, str | None]
     return spec, kind
 
 
+def next_frame_wanted(still: bool) -> bool:
+    """After showing a frame: False when the user quits (q, Esc, or closes the window).
+    Moving frames poll the keyboard once; a still image stays up until a key is pressed."""
+    import cv2
+
+    while True:
+        key = cv2.waitKey(50 if still else 1)
+        if cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
+            return False
+        if key != -1 and (key & 0xFF) in (ord("q"), 27):
+            return False
+        if key != -1 or not still:
+            return True
+
+
 def _on_sigterm(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -185,7 +208,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     from .draw import FpsMeter, draw_fps, draw_result
     from .sources import open_source
     from .tracking import STAGES, Tracker
-    from .writers import CsvWriter, JsonLinesWriter, VideoOutput, check_writable
+    from .writers import (CsvWriter, ImageDirOutput, JsonLinesWriter, OutputError, VideoOutput,
+                          check_writable)
 
     spec, kind = _source_spec(args, ap)
     if args.smooth < 0 or args.redetect_every < 0 or args.max_faces < 1 or args.max_frames < 0 \
@@ -195,11 +219,17 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     for path in (args.out, args.csv, args.json):
         if path:
             check_writable(path)
+    images_out = ImageDirOutput(args.out_dir) if args.out_dir else None
     display = not args.no_display
     if display:
         probe_display()
     # files first (cheap checks), the model next, a camera last (slow to open)
     source = open_source(spec, kind, prefetch=args.prefetch) if kind != "camera" else None
+    if images_out is not None and source is not None and source.is_still and any(
+            p.parent.resolve() == images_out.folder.resolve() for p in source.paths):
+        source.close()
+        raise OutputError(f"--out-dir {args.out_dir} holds input images, which it would "
+                          "overwrite; choose another folder")
     try:
         model = model_from_args(args)
         tracker = Tracker(model, detector=args.detector,
@@ -232,23 +262,28 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         if args.out:
             video = VideoOutput(args.out, source.fps, source.size)
         fps = FpsMeter()
+        still = source.is_still and not args.track_images   # unrelated photos
         for frame in source:
+            if still:
+                tracker.forget()
             res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
             for w in writers:
-                w.write(res)
+                w.write(res, frame.path)
             n += 1
             with_faces += bool(len(res))
             for k in STAGES:
                 sums[k] += tracker.timings[k]
-            if display or video is not None:
+            if display or video is not None or images_out is not None:
                 vis = draw_result(frame.image, res, contours=args.contours, indices=indices)
                 if video is not None:
                     video.write(vis)
+                if images_out is not None:
+                    images_out.write(vis, frame.index, frame.path)
                 if display:
-                    cv2.imshow(WINDOW, draw_fps(vis, fps.tick(time.perf_counter())))
-                    if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27) or \
-                            cv2.getWindowProperty(WINDOW, cv2.WND_PROP_VISIBLE) < 1:
-                        break       # q, Esc, or the window was closed
+                    cv2.imshow(WINDOW, vis if still else
+                               draw_fps(vis, fps.tick(time.perf_counter())))
+                    if not next_frame_wanted(still):
+                        break
             if args.max_frames and n >= args.max_frames:
                 break
         if getattr(source, "truncated", False):

@@ -218,11 +218,21 @@ class FallbackDetector:
     def detect(self, gray: np.ndarray) -> np.ndarray:
         fallback = self.fallbacks[self.turn % len(self.fallbacks)]
         self.turn += 1
-        extra = fallback.detect(gray)
-        if len(extra):
-            boxes = self.primary_boxes(fallback, extra[:, :4])
-            extra = np.column_stack([boxes, extra[:, 4]])
-        out = np.vstack([self.primary.detect(gray), extra])
+        return self._merged(gray, [fallback])
+
+    def detect_every(self, gray: np.ndarray) -> np.ndarray:
+        """The primary and every fallback at once, for a frame that gets one chance (a
+        photo); the turn is left as it is, so the result does not depend on earlier calls."""
+        return self._merged(gray, self.fallbacks)
+
+    def _merged(self, gray: np.ndarray, fallbacks: list[Detector]) -> np.ndarray:
+        found = [self.primary.detect(gray)]
+        for fallback in fallbacks:
+            extra = fallback.detect(gray)
+            if len(extra):
+                boxes = self.primary_boxes(fallback, extra[:, :4])
+                found.append(np.column_stack([boxes, extra[:, 4]]))
+        out = np.vstack(found)
         return out[np.argsort(-out[:, 4], kind="stable")]
 
     def primary_boxes(self, fallback: Detector, boxes: np.ndarray) -> np.ndarray:

@@ -14,7 +14,9 @@ message for the user.
   truncated file ends early: the frames read are delivered, a warning is logged and
   ``truncated`` is set.
 * Images: sorted file names; ``timestamp_ms = index * 1000 / fps``; unreadable files are
-  skipped with a warning.
+  skipped with a warning. Their frames carry the file's ``path``, and the source says
+  ``is_still``: the images may be unrelated photos (fkp-track then processes each on its
+  own) or the frames of one clip (``--track-images``).
 """
 from __future__ import annotations
 
@@ -44,21 +46,25 @@ class SourceError(RuntimeError):
 
 @dataclass
 class Frame:
-    """One frame: ``index`` (0-based), ``timestamp_ms``, ``image`` BGR (H, W, 3) uint8."""
+    """One frame: ``index`` (0-based), ``timestamp_ms``, ``image`` BGR (H, W, 3) uint8, and
+    ``path``, the image file it was read from (image sources; None for cameras and videos)."""
 
     index: int
     timestamp_ms: float
     image: np.ndarray
+    path: Path | None = None
 
 
 class Source:
     """Base class. ``fps`` (float), ``size`` (width, height) of the first frame, ``is_live``,
-    ``frame_count`` (expected number of frames, -1 when unknown), ``truncated``."""
+    ``is_still`` (frames are image files, not necessarily one scene), ``frame_count``
+    (expected number of frames, -1 when unknown), ``truncated``."""
 
     name: str = ""
     fps: float = DEFAULT_FPS
     size: tuple[int, int] = (0, 0)
     is_live: bool = False
+    is_still: bool = False
     frame_count: int = -1
     truncated: bool = False
 
@@ -210,6 +216,8 @@ class VideoSource(Source):
 class ImageSource(Source):
     """Image files as frames, in the given order."""
 
+    is_still = True
+
     def __init__(self, paths: list[Path], name: str, fps: float = DEFAULT_FPS) -> None:
         if not paths:
             raise SourceError(f"no images ({' '.join(IMAGE_EXTS)}) in {name}")
@@ -227,7 +235,7 @@ class ImageSource(Source):
             if image is None:
                 log.warning("skipped unreadable image %s", p)
                 continue
-            yield Frame(i, i * 1000.0 / self.fps, image)
+            yield Frame(i, i * 1000.0 / self.fps, image, p)
 
 
 class CameraSource(Source):

@@ -145,23 +145,36 @@ class Tracker:
         """The onnxruntime execution provider that really runs the model."""
         return self.model.provider
 
+    def forget(self) -> None:
+        """The next frame is unrelated to the last (another photo): drop all tracks and
+        their smoothing, restart ids at 0 and detect on it with every fallback of the
+        detector at once (``detect_every``, where it has one), so its result does not
+        depend on the frames before. ``stats`` and the frame counter go on."""
+        self._clear()
+        self._one_chance = True
+
     def reset(self) -> None:
-        """Drop all tracks, restart ids at 0 and the frame counter; detect on the next frame."""
+        """Drop all tracks, restart ids at 0, the frame counter, the wall clock and
+        ``stats``; detect on the next frame."""
+        self._clear()
+        self._one_chance = False
+        self._frame_no = 0
+        self._t0: float | None = None
+        self.stats = {"frames": 0, "detections": 0, "scans_skipped": 0, "model_calls": 0,
+                      "tracks_started": 0, "tracks_lost": 0}
+
+    def _clear(self) -> None:
         self._tracks: list[_Track] = []
         self._next_id = 0
-        self._frame_no = 0
         self._since_detect = 0
         self._detect_requested = True
         if getattr(self, "_scan", None) is not None:
             self._scan.result()                 # let a running scan end, then drop it
         self._scan = None
-        self._t0: float | None = None
         if self.gate is not None:              # (set before __init__ calls reset)
             self.gate.reset()
         if self.arrivals is not None:
             self.arrivals.found()
-        self.stats = {"frames": 0, "detections": 0, "scans_skipped": 0, "model_calls": 0,
-                      "tracks_started": 0, "tracks_lost": 0}
 
     def close(self) -> None:
         """Stop the background scan worker (the tracker stays usable; it restarts on demand)."""
@@ -341,8 +354,11 @@ class Tracker:
     def _run_detector(self, gray: np.ndarray, detector: Detector | None = None) -> np.ndarray:
         """Synchronous detection with ``detector`` (default: the thorough one): (N, 5)
         detector boxes, timed as ``detect``."""
+        detector = detector or self.detector
         with self._timed("detect"):
-            dets = (detector or self.detector).detect(gray)
+            dets = detector.detect_every(gray) if self._one_chance and \
+                hasattr(detector, "detect_every") else detector.detect(gray)
+        self._one_chance = False
         self.stats["detections"] += 1
         self._since_detect = 0
         self._detect_requested = False

@@ -10,11 +10,15 @@ frame pixels (x right, y down; pixel centres on integers).
   face per frame (``face`` is the track id).
 * :class:`JsonLinesWriter`: one JSON object per frame that has faces:
   ``{"frame": 12, "timestamp_ms": 400.0, "faces": [{"id": 0, "score": 0.93,
-  "box": [x0, y0, x1, y1], "points": [[x0, y0], ..., [x67, y67]]}]}``.
+  "box": [x0, y0, x1, y1], "points": [[x0, y0], ..., [x67, y67]]}]}``, plus
+  ``"image": "photos/a.jpg"`` for frames read from image files.
 * :class:`VideoOutput`: frames at the source size and fps (``mp4v`` by default).
+* :class:`ImageDirOutput`: each frame as an image file in a folder, written atomically
+  (an image source's frames keep their file names; others are ``000012.jpg``).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -113,8 +117,10 @@ class CsvWriter(_TextWriter):
         cols = ",".join(f"x{i},y{i}" for i in self.indices)
         self._emit(f"frame,timestamp_ms,face,score,{cols}\n")
 
-    def write(self, result) -> None:
-        """Append the rows of one :class:`~fkp.tracker.results.FrameResult`."""
+    def write(self, result, image: str | os.PathLike | None = None) -> None:
+        """Append the rows of one :class:`~fkp.tracker.results.FrameResult`. The columns are
+        fixed, so ``image`` (the frame's file) is not written: ``frame`` is its position in
+        the source's sorted list."""
         if not len(result.ids):
             return
         buf = io.StringIO()
@@ -128,7 +134,8 @@ class CsvWriter(_TextWriter):
 class JsonLinesWriter(_TextWriter):
     """One JSON object per frame with faces (see the module docstring)."""
 
-    def write(self, result) -> None:
+    def write(self, result, image: str | os.PathLike | None = None) -> None:
+        """Append the line of one frame; ``image``: the file it was read from, if any."""
         if not len(result.ids):
             return
         faces = [{"id": int(fid), "score": round(float(s), 4),
@@ -137,6 +144,8 @@ class JsonLinesWriter(_TextWriter):
                  for fid, s, p, b in zip(result.ids, result.scores, result.points, result.boxes)]
         obj = {"frame": int(result.index), "timestamp_ms": round(float(result.timestamp_ms), 3),
                "faces": faces}
+        if image is not None:
+            obj["image"] = str(image)
         self._emit(json.dumps(obj, separators=(",", ":")) + "\n")
 
 
@@ -169,3 +178,52 @@ class VideoOutput:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ImageDirOutput:
+    """Annotated frames as image files in ``folder`` (created if missing; its parent must
+    exist). ``write(image, index, path)`` names the file after ``path`` (the frame's own
+    file, for image sources; a name met twice gets ``-INDEX`` added) or ``INDEX.jpg``
+    (six digits). Each file is encoded in memory and moved into place, so the folder never
+    holds a half-written image."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        p = Path(folder)
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"cannot write images to {p}: it is a file")
+        if not p.exists():
+            if not p.parent.is_dir():
+                raise OutputError(f"cannot write images to {p}: directory {p.parent} does "
+                                  "not exist")
+            try:
+                p.mkdir()
+            except OSError as exc:
+                raise OutputError(f"cannot create {p}: {exc.strerror or exc}") from None
+        if not os.access(p, os.W_OK):
+            raise OutputError(f"cannot write images to {p}: permission denied")
+        self.folder = p
+        self._names: set[str] = set()
+
+    def write(self, image: np.ndarray, index: int,
+              path: str | os.PathLike | None = None) -> Path:
+        """Write one frame; returns the file written."""
+        name = Path(path).name if path is not None else f"{index:06d}.jpg"
+        if name in self._names:
+            name = f"{Path(name).stem}-{index}{Path(name).suffix}"
+        self._names.add(name)
+        out = self.folder / name
+        ok, buf = cv2.imencode(out.suffix or ".jpg", image)
+        if not ok:
+            raise OutputError(f"cannot encode {out}")
+        tmp = out.with_name(f".{out.name}.part")
+        try:
+            tmp.write_bytes(buf.tobytes())
+            os.replace(tmp, out)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {out}: {exc.strerror or exc}") from None
+        return out
+
+    def close(self) -> None:
+        """(Nothing to release: every image is complete when ``write`` returns.)"""
