@@ -37,7 +37,8 @@ def test_help():
     assert p.returncode == 0
     for opt in ("--camera", "--video", "--images", "--model", "--device", "--smooth",
                 "--no-smooth", "--redetect-every", "--detector", "--contours", "--no-display",
-                "--out", "--csv", "--json", "--max-frames", "--prefetch", "-v"):
+                "--out", "--out-dir", "--csv", "--json", "--max-frames", "--prefetch",
+                "--track-images", "-v"):
         assert opt in p.stdout
 
 
