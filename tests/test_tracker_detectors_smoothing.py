@@ -126,6 +126,11 @@ def test_make_detector_and_yunet_errors(tmp_path):
     scan = default.for_scan()         # periodic scans: the cascade's cheaper twin + fallbacks
     assert isinstance(scan, FallbackDetector) and scan.fallbacks == default.fallbacks
     assert (scan.primary.min_size, default.primary.min_size) == (36, 24)
+    photo = default.for_photo()      # photos: every cascade on a 640-px working image
+    assert isinstance(photo, FallbackDetector) and photo.primary.max_side == 640
+    assert [f.max_side for f in photo.fallbacks] == [640] * 3
+    assert [f.min_size for f in photo.fallbacks] == [f.min_size for f in default.fallbacks]
+    assert default.primary.max_side == 320
     assert isinstance(make_detector("haar-single"), HaarDetector)
     with pytest.raises(DetectorError, match="equalize"):
         HaarDetector(equalize="gamma")

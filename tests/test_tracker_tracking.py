@@ -202,3 +202,19 @@ def test_forget_detects_afresh_and_keeps_counting(tiny_model, astronaut_bgr):
     assert len(res) >= 1 and list(res.ids) == list(range(len(res)))
     np.testing.assert_array_equal(res.points, alone.points)
     np.testing.assert_array_equal(res.points, res.raw_points)   # no smoothing carried over
+
+
+def test_a_photo_is_searched_at_a_larger_working_size(tiny_model, astronaut_bgr):
+    """A small face in a large photo (the astronaut's, ~95 px in 2048x1536: under the video
+    detector's 7.5 % of the longest side) is found after forget(), which uses the
+    detector's photo twin (640-px working image), and not by the video path."""
+    canvas = np.full((1536, 2048, 3), 128, np.uint8)
+    canvas[600:1112, 900:1412] = astronaut_bgr
+    centre = np.array([900 + 228, 600 + 135])           # the face, in canvas pixels
+    found = {}
+    for mode in ("reset", "forget"):
+        tracker = Tracker(tiny_model, device="cpu", threads=1, async_scan=False)
+        getattr(tracker, mode)()
+        boxes = tracker.process(canvas, 0.0).boxes
+        found[mode] = bool(((boxes[:, :2] < centre) & (centre < boxes[:, 2:])).all(1).any())
+    assert found == {"reset": False, "forget": True}

@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run every periodic scan and no others; by default one is skipped "
                         "when nothing changed outside the tracked faces since the last scan, "
                         "and a scan runs at once when something appears in between")
-    m.add_argument("--max-faces", type=int, default=4, metavar="N", help="(default: 4)")
+    m.add_argument("--max-faces", type=int, metavar="N",
+                   help="most faces at once (default: 4; 16 in each photo of a folder)")
     scan = m.add_mutually_exclusive_group()
     scan.add_argument("--sync-detect", action="store_true",
                       help="run the periodic new-face scan inside the frame loop (the default "
@@ -207,13 +208,13 @@ def run(args, ap: argparse.ArgumentParser) -> int:
 
     from .draw import FpsMeter, draw_fps, draw_result
     from .sources import open_source
-    from .tracking import STAGES, Tracker
+    from .tracking import PHOTO_MAX_FACES, STAGES, Tracker
     from .writers import (CsvWriter, ImageDirOutput, JsonLinesWriter, OutputError, VideoOutput,
                           check_writable)
 
     spec, kind = _source_spec(args, ap)
-    if args.smooth < 0 or args.redetect_every < 0 or args.max_faces < 1 or args.max_frames < 0 \
-            or args.prefetch < 0:
+    if args.smooth < 0 or args.redetect_every < 0 or (args.max_faces or 1) < 1 \
+            or args.max_frames < 0 or args.prefetch < 0:
         ap.error("--smooth, --redetect-every, --max-frames, --prefetch must be >= 0 and "
                  "--max-faces >= 1")
     for path in (args.out, args.csv, args.json):
@@ -230,11 +231,13 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         source.close()
         raise OutputError(f"--out-dir {args.out_dir} holds input images, which it would "
                           "overwrite; choose another folder")
+    photos = source is not None and source.is_still and not args.track_images  # unrelated
     try:
         model = model_from_args(args)
         tracker = Tracker(model, detector=args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
-                          redetect_every=args.redetect_every, max_faces=args.max_faces,
+                          redetect_every=args.redetect_every,
+                          max_faces=args.max_faces or (PHOTO_MAX_FACES if photos else 4),
                           async_scan=async_scan(args, kind), scan_gate=not args.always_scan)
         if source is None:
             source = open_source(spec, kind, prefetch=args.prefetch)
@@ -262,9 +265,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         if args.out:
             video = VideoOutput(args.out, source.fps, source.size)
         fps = FpsMeter()
-        still = source.is_still and not args.track_images   # unrelated photos
         for frame in source:
-            if still:
+            if photos:
                 tracker.forget()
             res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
             for w in writers:
@@ -280,9 +282,9 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                 if images_out is not None:
                     images_out.write(vis, frame.index, frame.path)
                 if display:
-                    cv2.imshow(WINDOW, vis if still else
+                    cv2.imshow(WINDOW, vis if photos else
                                draw_fps(vis, fps.tick(time.perf_counter())))
-                    if not next_frame_wanted(still):
+                    if not next_frame_wanted(photos):
                         break
             if args.max_frames and n >= args.max_frames:
                 break

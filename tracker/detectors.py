@@ -77,7 +77,9 @@ YUNET_FACTORS = BoxFactors(dx=0.0, dy=0.06, sx=1.0, sy=0.92)
 class Detector(Protocol):
     """What the tracker needs from a face detector. A detector may also offer
     ``for_scan() -> Detector``, a cheaper twin the tracker uses for its periodic scan for
-    new faces while it tracks some (as :meth:`HaarDetector.for_scan`)."""
+    new faces while it tracks some (as :meth:`HaarDetector.for_scan`), and
+    ``for_photo() -> Detector``, a more thorough twin for a frame that gets one chance (as
+    :meth:`HaarDetector.for_photo`)."""
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         """Gray frame (H, W) uint8 -> (N, 5) x0, y0, x1, y1, score in frame px, best first."""
@@ -86,6 +88,11 @@ class Detector(Protocol):
     def to_landmark_box(self, boxes: np.ndarray) -> np.ndarray:
         """Detector boxes (N, 4+) -> landmark boxes (N, 4), frame px."""
         ...
+
+
+#: Working resolution (longest side) of the detectors' photo twins: faces from 24 px there,
+#: 3.75 % of a photo's longest side (the 320 px of video frames: 7.5 %).
+PHOTO_MAX_SIDE = 640
 
 
 def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -153,6 +160,14 @@ class HaarDetector:
         twin.min_size = round(self.min_size * 1.5)
         return twin
 
+    def for_photo(self) -> "HaarDetector":
+        """A twin for a photo, which gets one chance: the working image is at least
+        ``PHOTO_MAX_SIDE`` px (640), so faces from 3.75 % of its longest side are found, at
+        up to 4x the work."""
+        twin = copy.copy(self)
+        twin.max_side = max(self.max_side, PHOTO_MAX_SIDE)
+        return twin
+
     def detect(self, gray: np.ndarray) -> np.ndarray:
         small, s = _downscale(gray, self.max_side)
         if self.equalize == "hist":
@@ -214,6 +229,13 @@ class FallbackDetector:
         has one) with the same fallbacks, which take their own turns."""
         primary = self.primary.for_scan() if hasattr(self.primary, "for_scan") else self.primary
         return FallbackDetector(primary, self.fallbacks)
+
+    def for_photo(self) -> "FallbackDetector":
+        """The photo twins (``for_photo``, where they have one) of the primary and of every
+        fallback; use it with :meth:`detect_every`."""
+        def photo(d: Detector) -> Detector:
+            return d.for_photo() if hasattr(d, "for_photo") else d
+        return FallbackDetector(photo(self.primary), [photo(f) for f in self.fallbacks])
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         fallback = self.fallbacks[self.turn % len(self.fallbacks)]

@@ -155,19 +155,21 @@ def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = F
                       detector=None) -> dict:
     """End to end on photos: each image goes through a
     :class:`~fkp.tracker.tracking.Tracker` as fkp-track treats one image of a folder
-    (``forget()`` first: the detector on the whole image with every fallback, two-pass
-    refinement, the model's face score; fkp-track's defaults otherwise). Of the faces it
+    (``forget()`` first: the detector's photo twin on the whole image with every fallback,
+    up to 16 faces, two-pass refinement, the model's face score; fkp-track's defaults
+    otherwise). Of the faces it
     returns, the one with the least NME against the labels is matched to them.
 
     Returns ``n`` (labelled faces), ``detected`` (% matched within NME 10), ``nme``, ``mae``
     and ``errors`` over those, ``failure_rate`` (% of all faces missed or above NME 10) and
     ``skipped``. ``detector`` as for the Tracker (None: the default Haar with fallbacks).
     """
-    from .tracking import Tracker
+    from .tracking import PHOTO_MAX_FACES, Tracker
 
     if model.meta.num_points != NUM_POINTS:
         raise ModelError(f"{model.path}: --from-detector needs a {NUM_POINTS}-point model")
-    tracker = Tracker(model, detector=detector, smooth=0.0, async_scan=False)
+    tracker = Tracker(model, detector=detector, smooth=0.0, async_scan=False,
+                      max_faces=PHOTO_MAX_FACES)
     bad: list[str] | None = [] if skip_bad else None
     samples = select_split(read_dataset(data, bad), split, val_fraction)
     if limit:

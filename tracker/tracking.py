@@ -53,10 +53,12 @@ from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
 
-__all__ = ["Face", "FrameResult", "STAGES", "Tracker", "as_image", "to_gray"]
+__all__ = ["Face", "FrameResult", "PHOTO_MAX_FACES", "STAGES", "Tracker", "as_image",
+           "to_gray"]
 log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
+PHOTO_MAX_FACES = 16             # fkp-track's --max-faces default for photos (4 for streams)
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
 
 
@@ -114,6 +116,9 @@ class Tracker:
         # has a cheaper twin (Haar: without the smallest scales, ~2/3 of the work)
         self.scan_detector = self.detector.for_scan() if hasattr(self.detector, "for_scan") \
             else self.detector
+        # after forget() (a photo): the thorough twin, every fallback at once
+        self.photo_detector = self.detector.for_photo() \
+            if hasattr(self.detector, "for_photo") else self.detector
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
         self.iou_threshold = iou_threshold
         self.async_scan = async_scan
@@ -147,9 +152,10 @@ class Tracker:
 
     def forget(self) -> None:
         """The next frame is unrelated to the last (another photo): drop all tracks and
-        their smoothing, restart ids at 0 and detect on it with every fallback of the
-        detector at once (``detect_every``, where it has one), so its result does not
-        depend on the frames before. ``stats`` and the frame counter go on."""
+        their smoothing, restart ids at 0 and detect on it with the detector's photo twin
+        (``for_photo``: a larger working image) and every fallback at once
+        (``detect_every``), where it has those, so its result does not depend on the frames
+        before. ``stats`` and the frame counter go on."""
         self._clear()
         self._one_chance = True
 
@@ -354,7 +360,7 @@ class Tracker:
     def _run_detector(self, gray: np.ndarray, detector: Detector | None = None) -> np.ndarray:
         """Synchronous detection with ``detector`` (default: the thorough one): (N, 5)
         detector boxes, timed as ``detect``."""
-        detector = detector or self.detector
+        detector = self.photo_detector if self._one_chance else detector or self.detector
         with self._timed("detect"):
             dets = detector.detect_every(gray) if self._one_chance and \
                 hasattr(detector, "detect_every") else detector.detect(gray)
