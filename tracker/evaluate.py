@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .data import DatasetError, load_image, read_dataset, select_split
+from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import apply_affine, box_from_points, invert_affine
 from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular
 from .landmarks import nme as nme_fn
@@ -35,6 +35,25 @@ from .runtime import LandmarkModel, ModelError, unmirror_points
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger("fkp.eval")
+
+
+def _samples(data: str | Path, skip_bad: bool, limit: int, split: str,
+             val_fraction: float) -> tuple[list[Sample], int]:
+    """The faces fkp-eval scores (split, then the first ``limit``) and how many bad rows
+    ``skip_bad`` dropped."""
+    bad: list[str] | None = [] if skip_bad else None
+    samples = select_split(read_dataset(data, bad), split, val_fraction)
+    return (samples[:limit] if limit else samples), len(bad or [])
+
+
+def _image(sample: Sample, skip_bad: bool, color: bool) -> np.ndarray | None:
+    """The sample's image; None for an unreadable one when ``skip_bad`` (else it raises)."""
+    try:
+        return load_image(sample, color)
+    except DatasetError:
+        if not skip_bad:
+            raise
+        return None
 
 
 def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -61,20 +80,13 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
     ``split`` "val" (or "train") keeps only those people of fkp-train's fixed split.
     ``groups`` (N,) is each face's split group (person or source photo).
     """
-    bad: list[str] | None = [] if skip_bad else None
-    samples = read_dataset(data, bad)
-    samples = select_split(samples, split, val_fraction)
-    if limit:
-        samples = samples[:limit]
-    preds, truths, groups, mirrored, skipped = [], [], [], [], len(bad or [])
+    samples, skipped = _samples(data, skip_bad, limit, split, val_fraction)
+    preds, truths, groups, mirrored = [], [], [], []
     if mirror_bias and model.meta.num_points != NUM_POINTS:
         raise ModelError(f"{model.path}: --mirror-bias needs a {NUM_POINTS}-point model")
     for s in tqdm(samples, desc="eval", leave=False, disable=len(samples) < 50):
-        try:
-            gray = load_image(s, color=False)
-        except DatasetError:
-            if not skip_bad:
-                raise
+        gray = _image(s, skip_bad, color=False)
+        if gray is None:
             skipped += 1
             continue
         box = box_from_points(s.points)
@@ -170,17 +182,11 @@ def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = F
         raise ModelError(f"{model.path}: --from-detector needs a {NUM_POINTS}-point model")
     tracker = Tracker(model, detector=detector, smooth=0.0, async_scan=False,
                       max_faces=PHOTO_MAX_FACES)
-    bad: list[str] | None = [] if skip_bad else None
-    samples = select_split(read_dataset(data, bad), split, val_fraction)
-    if limit:
-        samples = samples[:limit]
-    matched, truths, errors, skipped = [], [], [], len(bad or [])
+    samples, skipped = _samples(data, skip_bad, limit, split, val_fraction)
+    matched, truths, errors = [], [], []
     for i, s in enumerate(tqdm(samples, desc="eval", leave=False, disable=len(samples) < 50)):
-        try:
-            image = load_image(s)           # in colour, as fkp-track reads it
-        except DatasetError:
-            if not skip_bad:
-                raise
+        image = _image(s, skip_bad, color=True)     # in colour, as fkp-track reads it
+        if image is None:
             skipped += 1
             continue
         tracker.forget()
@@ -306,24 +312,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"(of those)  failures {res['failure_rate']:.1f} % (missed or NME > 10; "
                   f"n={res['n']}, provider {model.provider})", flush=True)
             results[model.path.name] = res
-        for name in [] if args.from_detector else args.model or ["fastnet"]:
-            model = LandmarkModel(name, args.device, flip_test=args.flip_test)
-            res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
-                           args.val_fraction, args.mirror_bias)
-            if res["skipped"] and not results:
-                print(f"skipped {res['skipped']} bad rows/images")
-            print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE "
-                  f"{res['mae']:.2f} px  failures {res['failure_rate']:.1f} %  (n={res['n']}, "
-                  f"provider {model.provider})", flush=True)
-            if args.label_noise:
-                res.update(label_noise(res["points"], res["truth"], res["groups"]))
-                print(f"label noise: {res['label_noise_rms']:.2f} % of IOD per coordinate "
-                      f"(rms, from the {res['noise_pairs']} pairs of frames predicted most "
-                      f"alike); a perfect predictor would score NME about "
-                      f"{res['nme_floor']:.2f} %",
-                      flush=True)
-            key = model.path.name if model.path.name not in results else str(model.path)
-            results[key] = res
+        else:
+            for name in args.model or ["fastnet"]:
+                model = LandmarkModel(name, args.device, flip_test=args.flip_test)
+                res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
+                               args.val_fraction, args.mirror_bias)
+                if res["skipped"] and not results:
+                    print(f"skipped {res['skipped']} bad rows/images")
+                print(f"{model.path.name} on {args.data}: NME {res['nme']:.2f} %  MAE "
+                      f"{res['mae']:.2f} px  failures {res['failure_rate']:.1f} %  (n={res['n']}, "
+                      f"provider {model.provider})", flush=True)
+                if args.label_noise:
+                    res.update(label_noise(res["points"], res["truth"], res["groups"]))
+                    print(f"label noise: {res['label_noise_rms']:.2f} % of IOD per coordinate "
+                          f"(rms, from the {res['noise_pairs']} pairs of frames predicted most "
+                          f"alike); a perfect predictor would score NME about "
+                          f"{res['nme_floor']:.2f} %",
+                          flush=True)
+                key = model.path.name if model.path.name not in results else str(model.path)
+                results[key] = res
         label = "+".join(results)
         if len(results) > 1:
             res = compare(results)
