@@ -88,6 +88,8 @@ def bad_inputs(tmp_path, tiny_model, face_video):
         "unreadable video": (["--video", noise, *m], "cannot read video"),
         "video without frames": (["--video", stub, *m], "video"),
         "camera": (["--camera", "99", *m], "camera 99"),
+        "camera device": (["--camera", tmp_path / "video9", *m], "no such device"),
+        "stream": (["rtsp://admin:s3cret@127.0.0.1:1/ch1", *m], "rtsp://admin:***@127.0.0.1"),
         "missing model": ([*v, "--model", tmp_path / "none.onnx", "--no-display"], "model"),
         "corrupt model": ([*v, "--model", junk, "--no-display"], "cannot load"),
         "no metadata": ([*v, "--model", nometa, "--no-display"], "metadata"),
@@ -103,6 +105,7 @@ def bad_inputs(tmp_path, tiny_model, face_video):
 
 
 CASES = ["missing video", "unreadable video", "video without frames", "camera",
+         "camera device", "stream",
          "missing model", "corrupt model", "no metadata", "metadata misfit", "unknown model",
          "unwritable csv", "csv is a dir", "unwritable video", "bad detector",
          "out-dir is a file", "out-dir without parent"]
@@ -114,7 +117,7 @@ def test_bad_inputs_one_line_nonzero(capsys, bad_inputs, case):
     rc, out, err = run_main(capsys, *argv)
     assert rc == 1, (out, err)
     assert err.count("\n") == 1 and err.startswith("fkp-track: error: "), err
-    assert words in err and "Traceback" not in err
+    assert words in err and "Traceback" not in err and "s3cret" not in err
 
 
 def _photo_points(capsys, tmp_path, model, folder, *extra) -> dict[str, list]:

@@ -1,17 +1,23 @@
-"""Frame sources: video, folder, glob, one image, bad paths, camera (with a fake capture)."""
+"""Frame sources: video, folder, glob, one image, bad paths, camera (with a fake capture),
+network streams (a local HTTP server with byte ranges, and fake captures that stall)."""
 from __future__ import annotations
 
+import http.server
 import logging
+import re
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, FRAME_H, FRAME_W
-from fkp.tracker.sources import (CameraSource, ImageSource, SourceError, VideoSource,
-                                 open_source)
+from fkp.tracker import camera
+from fkp.tracker.camera import CameraSource
+from fkp.tracker.sources import (ImageSource, SourceError, VideoSource, is_live_spec, is_url,
+                                 is_video_file_url, open_source, redact_url)
 
 N_FRAMES = FACE_FRAMES + BLANK_FRAMES + FACE_FRAMES_2
 
@@ -202,3 +208,129 @@ def test_camera_that_wont_open():
         CameraSource(7, capture_factory=lambda i: FakeCapture(i, opened=False))
     msg = str(exc.value)
     assert "camera 7" in msg and "/dev/video7" in msg and "--video" in msg
+
+
+@pytest.mark.parametrize("spec,url,file_url,live", [
+    ("rtsp://10.0.0.2:554/stream1", True, False, True),
+    ("RTMP://host/app/key", True, False, True),
+    ("udp://@:1234", True, False, True),
+    ("http://cam.local/video", True, False, True),          # an MJPEG camera
+    ("https://host/live/index.m3u8", True, False, True),     # HLS
+    ("http://host/clips/talk.MP4?token=1", True, True, False),
+    ("https://host/a.webm", True, True, False),
+    ("talk.mp4", False, False, False),
+    ("ftp://host/a.mp4", False, False, False),
+    ("0", False, False, True),
+    ("/dev/null", False, False, True),                        # a character device
+])
+def test_url_and_live_classification(spec, url, file_url, live):
+    assert is_url(spec) is url and is_video_file_url(spec) is file_url
+    assert is_live_spec(spec) is live
+
+
+def test_passwords_are_redacted():
+    assert redact_url("rtsp://admin:s3cret@10.0.0.2:554/ch1?x=1") == \
+        "rtsp://admin:***@10.0.0.2:554/ch1?x=1"
+    assert redact_url("rtsp://10.0.0.2/ch1") == "rtsp://10.0.0.2/ch1"
+    assert redact_url("http://user@host/v") == "http://user@host/v"
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with byte ranges, as a real web server serves them (FFmpeg seeks in an
+    mp4); ``http.server``'s own handler ignores ranges."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if not path.is_file():
+            self.send_error(404)
+            return None
+        size = path.stat().st_size
+        m = re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        start, end = (int(m[1]), int(m[2]) if m[2] else size - 1) if m else (0, size - 1)
+        self.send_response(206 if m else 200)
+        self.send_header("Accept-Ranges", "bytes")
+        if m:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        f = path.open("rb")
+        f.seek(start)
+        self.left = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile):
+        while self.left > 0 and (chunk := source.read(min(65536, self.left))):
+            outputfile.write(chunk)
+            self.left -= len(chunk)
+
+
+@pytest.fixture
+def web(tmp_path, face_video):
+    """http://127.0.0.1:PORT/ serving face.avi and the same bytes as 'live' (no file name)."""
+    (tmp_path / "face.avi").write_bytes(face_video.read_bytes())
+    (tmp_path / "live").write_bytes(face_video.read_bytes())
+    handler = lambda *a, **k: _RangeHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_video_url_gives_every_frame_and_a_live_url_the_newest(web, face_video):
+    src = open_source(f"{web}/face.avi")
+    assert isinstance(src, VideoSource) and not src.is_live
+    cap = cv2.VideoCapture(str(face_video))
+    for frame in src:
+        ok, image = cap.read()
+        assert ok and np.array_equal(frame.image, image)
+    assert frame.index == N_FRAMES - 1 and not cap.read()[0]
+    live = open_source(f"{web}/live")
+    assert isinstance(live, CameraSource) and live.is_live and live.size == (FRAME_W, FRAME_H)
+    assert live.reconnects == 0               # it reports a frame count: a file, not a camera
+    assert 0 < len(list(live)) <= N_FRAMES
+    forced = open_source(f"{web}/live", "video")
+    assert isinstance(forced, VideoSource) and sum(1 for _ in forced) == N_FRAMES
+
+
+def test_unreachable_streams_fail_in_one_line_without_the_password(web):
+    with pytest.raises(SourceError, match="cannot read video") as exc:
+        open_source(f"{web}/nothing.mp4")
+    assert "\n" not in str(exc.value)
+    with pytest.raises(SourceError) as exc:
+        open_source("rtsp://admin:s3cret@127.0.0.1:1/ch1")
+    msg = str(exc.value)
+    assert "cannot open stream rtsp://admin:***@127.0.0.1:1/ch1" in msg and "s3cret" not in msg
+    with pytest.raises(SourceError, match="no such device"):
+        open_source("/dev/no-such-camera", "camera")
+
+
+def test_a_stalled_stream_is_reopened(monkeypatch, caplog):
+    """A network camera that stalls twice is reopened each time and the frames go on; one
+    that cannot be reopened ends after its attempts."""
+    monkeypatch.setattr(camera, "RECONNECT_PAUSE", 0.01)
+    opened = []
+
+    def factory(url):
+        opened.append(FakeCapture(url, fail_after=None if len(opened) == 2 else 3))
+        return opened[-1]
+
+    src = CameraSource("rtsp://cam/1", capture_factory=factory, reconnects=2,
+                       frame_timeout=3)
+    with caplog.at_level(logging.WARNING, logger="fkp.tracker.camera"):
+        got = []
+        for frame in src:
+            got.append(frame)
+            if len(got) == 10:
+                break
+    assert len(opened) == 3 and opened[0].released.is_set() and opened[1].released.is_set()
+    assert [f.index for f in got] == sorted({f.index for f in got})
+    assert "reopening it (1 of 2)" in caplog.text
+
+    dead = iter([FakeCapture(0, fail_after=3)] + [FakeCapture(0, opened=False)] * 2)
+    src = CameraSource("rtsp://cam/2", capture_factory=lambda url: next(dead), reconnects=2,
+                       frame_timeout=3)
+    assert 1 <= len(list(src)) <= 3 and "reopening it (2 of 2)" in caplog.text

@@ -1,4 +1,5 @@
-"""``fkp-track``: track 68 facial keypoints live from a camera, a video or images.
+"""``fkp-track``: track 68 facial keypoints live from a camera or network stream, a video or
+images.
 
 Exit status: 0 done, 1 error (one ``fkp-track: error: ...`` line on stderr), 2 bad usage,
 3 the video ended early (truncated file; the frames read were processed and written),
@@ -15,6 +16,7 @@ import threading
 import time
 
 from .sources import VIDEO_PREFETCH as PREFETCH
+from .sources import is_live_spec
 from .writers import quiet_broken_pipe
 
 EXAMPLES = """\
@@ -24,6 +26,7 @@ examples:
   fkp-track photos/ --no-display --json points.jsonl --out-dir annotated/
   fkp-track --images 'frames/*.png' --track-images --no-display --csv points.csv
   fkp-track --camera 1 --model resnet50 --device cuda --contours
+  fkp-track rtsp://user:pass@192.168.1.20/stream1 --no-display --csv door.csv   # IP camera
 
 exit status: 0 ok, 1 error, 2 bad usage, 3 video ended early (truncated), 130 interrupted
 """
@@ -69,9 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("source (one of; default: --camera 0)")
-    src.add_argument("source", nargs="?", help="camera index, video file, image folder or glob")
-    src.add_argument("--camera", type=int, metavar="N", help="camera index")
-    src.add_argument("--video", metavar="PATH", help="video file")
+    src.add_argument("source", nargs="?", help="camera index, stream URL (rtsp://, http://, "
+                     "...), video file or URL, image folder or glob")
+    src.add_argument("--camera", metavar="N|DEVICE|URL",
+                     help="live source, newest frame only: camera index, device path "
+                          "(/dev/video0) or stream URL")
+    src.add_argument("--video", metavar="PATH", help="video file or URL (every frame, in order)")
     src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
     src.add_argument("--track-images", action="store_true",
                      help="images are the frames of one clip: track and smooth across them "
@@ -172,8 +178,8 @@ def _source_spec(args, ap: argparse.ArgumentParser) -> tuple[object, str | None]
     if len(given) > 1:
         ap.error("give one source: a positional source, --camera, --video or --images")
     spec, kind = given[0] if given else (0, "camera")
-    if kind is None and str(spec).isdigit():
-        kind = "camera"                      # as open_source reads a bare index
+    if kind is None and is_live_spec(spec):
+        kind = "camera"                      # as open_source reads it: live, newest frame only
     return spec, kind
 
 

@@ -1,22 +1,28 @@
-"""Frame sources behind one interface: cameras, video files, folders or globs of images.
+"""Frame sources behind one interface: cameras, network streams, video files, folders or globs
+of images.
 
 ``open_source(spec)`` picks the kind from ``spec`` (a camera index as int or digit string, a
-video path, an image folder, a glob, or one image) and returns a :class:`Source`. Iterating a
-source yields :class:`Frame` objects (``index``, ``timestamp_ms``, ``image`` BGR (H, W, 3)
-uint8, as OpenCV reads it). Every failure to open is a :class:`SourceError` with a one-line
-message for the user.
+camera device path such as /dev/video0, a stream URL, a video path or URL, an image folder, a
+glob, or one image) and returns a :class:`Source`. Iterating a source yields :class:`Frame`
+objects (``index``, ``timestamp_ms``, ``image`` BGR (H, W, 3) uint8, as OpenCV reads it).
+Every failure to open is a :class:`SourceError` with a one-line message for the user.
 
-* Camera: a daemon reader thread keeps only the newest frame, so a slow consumer always gets
-  the latest picture (frames in between are dropped; ``index`` counts frames grabbed, so gaps
+* Camera or network stream (``rtsp://``, ``rtmp://``, ``udp://``, ``tcp://``, ``srt://``, or
+  ``http(s)://`` not ending in a video file name): :class:`~fkp.tracker.camera.CameraSource`,
+  a daemon reader thread keeps only the newest frame, so a slow consumer always gets the
+  latest picture (frames in between are dropped; ``index`` counts frames grabbed, so gaps
   show). ``timestamp_ms`` is wall-clock time since the source opened. ``close()`` stops it.
-* Video file: every frame in order (decoded ahead on a thread with ``prefetch``);
-  ``timestamp_ms`` from ``CAP_PROP_POS_MSEC`` (falls back to ``index * 1000 / fps``). A
-  truncated file ends early: the frames read are delivered, a warning is logged and
-  ``truncated`` is set.
+* Video file, or a video file's URL (``http(s)://.../talk.mp4``): every frame in order
+  (decoded ahead on a thread with ``prefetch``); ``timestamp_ms`` from ``CAP_PROP_POS_MSEC``
+  (falls back to ``index * 1000 / fps``). A truncated file ends early: the frames read are
+  delivered, a warning is logged and ``truncated`` is set.
 * Images: sorted file names; ``timestamp_ms = index * 1000 / fps``; unreadable files are
   skipped with a warning. Their frames carry the file's ``path``, and the source says
   ``is_still``: the images may be unrelated photos (fkp-track then processes each on its
   own) or the frames of one clip (``--track-images``).
+
+``--camera`` forces live reading (newest frame only) and ``--video`` every frame in order,
+whatever the URL looks like.
 """
 from __future__ import annotations
 
@@ -24,11 +30,12 @@ import glob as globmod
 import logging
 import math
 import queue
+import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -38,6 +45,8 @@ from .data import IMAGE_EXTS
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
 VIDEO_PREFETCH = 4      # fkp-track's and fkp-bench's default decode-ahead for video files
+VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
+_URL = re.compile(r"^(rtsps?|rtmps?|https?|udp|tcp|srt)://", re.IGNORECASE)
 
 
 class SourceError(RuntimeError):
@@ -84,11 +93,43 @@ class Source:
         return f"{type(self).__name__}({self.name!r}, fps={self.fps:.3g}, size={self.size})"
 
 
-def _valid_fps(value: float) -> float:
+def valid_fps(value: float) -> float:
+    """A capture's reported fps, or ``DEFAULT_FPS`` where it reports none or nonsense."""
     return float(value) if value and math.isfinite(value) and 0 < value < 1000 else DEFAULT_FPS
 
 
-def _open_file_capture(path: Path) -> cv2.VideoCapture:
+def is_url(text: str) -> bool:
+    """True for a network address OpenCV's FFmpeg backend reads (rtsp, rtmp, http(s), udp,
+    tcp, srt)."""
+    return bool(_URL.match(text))
+
+
+def is_video_file_url(text: str) -> bool:
+    """An http(s) URL whose path ends in a video file name: a finished file, read in order."""
+    parts = urlsplit(text)
+    return parts.scheme.lower() in ("http", "https") and \
+        Path(parts.path).suffix.lower() in VIDEO_EXTS
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
+def is_live_spec(spec: int | str | Path) -> bool:
+    """Whether ``spec``, given with no kind forced, names a live source: a camera index, a
+    camera device (/dev/video0) or a stream URL that is not a video file's."""
+    text = str(spec)
+    return isinstance(spec, int) or text.isdigit() or \
+        (is_url(text) and not is_video_file_url(text)) or \
+        (text.startswith("/dev/") and Path(text).is_char_device())
+
+
+def _open_file_capture(path: Path | str) -> cv2.VideoCapture:
     api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
     return cv2.VideoCapture(str(path), api)
 
@@ -102,24 +143,27 @@ class VideoSource(Source):
     """
 
     def __init__(self, path: str | Path, prefetch: int = 0) -> None:
-        p = Path(path)
-        self.name = str(p)
+        url = is_url(str(path))
+        p = str(path) if url else Path(path)
+        self.name = redact_url(p) if url else str(p)
         self.prefetch = max(0, int(prefetch))
-        if p.is_dir():
+        if not url and p.is_dir():
             raise SourceError(f"{p} is a directory, not a video (use --images for image folders)")
-        if not p.is_file():
+        if not url and not p.is_file():
             raise SourceError(f"video file {p} does not exist")
         self._cap = _open_file_capture(p)
         if not self._cap.isOpened():
-            raise SourceError(f"cannot read video {p} (not a video, unsupported codec, or a "
-                              "truncated/corrupt file)")
+            raise SourceError(f"cannot read video {self.name} (" + (
+                "unreachable, not found, or not a video)" if url else
+                "not a video, unsupported codec, or a truncated/corrupt file)"))
         ok, first = self._cap.read()
         if not ok or first is None:
             self._cap.release()
-            raise SourceError(f"video {p} has no readable frames (truncated or corrupt file?)")
+            raise SourceError(f"video {self.name} has no readable frames (truncated or corrupt "
+                              "file?)")
         self._first: np.ndarray | None = first
         self._reader: tuple[threading.Thread | None, threading.Event] = (None, threading.Event())
-        self.fps = _valid_fps(self._cap.get(cv2.CAP_PROP_FPS))
+        self.fps = valid_fps(self._cap.get(cv2.CAP_PROP_FPS))
         n = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self.frame_count = int(n) if n and math.isfinite(n) and n > 0 else -1
         self.size = (first.shape[1], first.shape[0])
@@ -238,112 +282,6 @@ class ImageSource(Source):
             yield Frame(i, i * 1000.0 / self.fps, image, p)
 
 
-class CameraSource(Source):
-    """A live camera read by a daemon thread that keeps only the newest frame.
-
-    ``capture_factory(index)`` returns an object with ``isOpened()``, ``read()``, ``get()``,
-    ``release()`` (default ``cv2.VideoCapture``; tests pass a fake). ``first_frame_timeout``:
-    seconds to wait for the first frame; ``frame_timeout``: a running camera that delivers
-    nothing for this long ends the stream with a warning.
-    """
-
-    is_live = True
-
-    def __init__(self, index: int, width: int | None = None, height: int | None = None,
-                 capture_factory: Callable[[int], object] | None = None,
-                 first_frame_timeout: float = 5.0, frame_timeout: float = 2.0) -> None:
-        self.index, self.name = index, f"camera {index}"
-        hint = (f"try another index (--camera {index + 1}), check permissions on "
-                f"/dev/video{index} (group 'video'), or use --video FILE")
-        self._cap = (capture_factory or cv2.VideoCapture)(index)
-        if not self._cap.isOpened():
-            raise SourceError(f"cannot open camera {index}: {hint}")
-        if width:
-            self._cap.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-        if height:
-            self._cap.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
-        self.fps = _valid_fps(self._cap.get(cv2.CAP_PROP_FPS))
-        self.frame_timeout = frame_timeout
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._release_lock, self._released = threading.Lock(), False
-        self._frame: np.ndarray | None = None
-        self._count = 0                  # frames grabbed so far
-        self._stamp = 0.0
-        self._ended = False
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._reader, name=f"camera-{index}", daemon=True)
-        self._thread.start()
-        with self._cond:
-            self._cond.wait_for(lambda: self._count > 0 or self._ended, first_frame_timeout)
-            first = self._frame
-        if first is None:
-            self.close()
-            raise SourceError(f"camera {index} opened but delivered no frame in "
-                              f"{first_frame_timeout:g} s: {hint}")
-        self.size = (first.shape[1], first.shape[0])
-
-    def _reader(self) -> None:
-        failures = 0
-        try:
-            while not self._stop.is_set():
-                ok, frame = self._cap.read()
-                now = time.monotonic()
-                if not ok or frame is None:
-                    failures += 1
-                    if failures >= 50:
-                        break
-                    time.sleep(0.01)
-                    continue
-                failures = 0
-                with self._cond:
-                    self._frame, self._stamp = frame, now
-                    self._count += 1
-                    self._cond.notify_all()
-        finally:
-            with self._cond:
-                self._ended = True
-                self._cond.notify_all()
-            if self._stop.is_set():      # close() gave up waiting for a blocked read()
-                self._release()
-
-    def _release(self) -> None:
-        with self._release_lock:
-            if not self._released:
-                self._released = True
-                self._cap.release()
-
-    def __iter__(self) -> Iterator[Frame]:
-        last = 0
-        try:
-            while not self._stop.is_set():
-                with self._cond:
-                    self._cond.wait_for(lambda: self._count != last or self._ended
-                                        or self._stop.is_set(), self.frame_timeout)
-                    if self._count == last:
-                        if not self._stop.is_set():
-                            log.warning("camera %d stopped delivering frames", self.index)
-                        return
-                    last, frame, stamp = self._count, self._frame, self._stamp
-                yield Frame(last - 1, (stamp - self._t0) * 1000.0, frame)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        # never release under a read() in progress (OpenCV can deadlock): a reader still
-        # blocked in read() releases the camera itself when the read returns
-        if not self._thread.is_alive() or self._thread is threading.current_thread():
-            self._release()
-        else:
-            log.warning("camera %d: read() still blocked after 2 s; it is released when the "
-                        "read returns", self.index)
-
-
 def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
@@ -352,20 +290,25 @@ def open_source(spec: int | str | Path, kind: str | None = None, fps: float | No
                 prefetch: int = 0) -> Source:
     """Open a frame source.
 
-    ``spec``: camera index (int or digit string), video file, image folder, glob or one image.
-    ``kind`` forces "camera", "video" or "images" (the CLI's --camera/--video/--images).
+    ``spec``: camera index (int or digit string), camera device path, stream URL, video file
+    or URL, image folder, glob or one image. ``kind`` forces "camera" (live: an index, a
+    device path or a URL), "video" or "images" (the CLI's --camera/--video/--images).
     ``fps``: frame rate for image sources (default 30). ``prefetch``: video files are
     decoded this many frames ahead on a thread (0 = on the caller's thread).
     """
+    from .camera import CameraSource
+
     text = str(spec)
-    if kind == "camera" or (kind is None and (isinstance(spec, int) or text.isdigit())):
-        try:
-            index = int(text)
-        except ValueError:
-            raise SourceError(f"camera index must be a number, got {text!r}") from None
-        return CameraSource(index)
-    if kind == "video":
-        return VideoSource(Path(text), prefetch)
+    if isinstance(spec, int) or (kind in (None, "camera") and text.isdigit()):
+        return CameraSource(int(text))
+    url = is_url(text)
+    if kind == "camera" or (kind is None and is_live_spec(text)):
+        if not (url or Path(text).exists()):
+            raise SourceError(f"camera must be an index, a device path or a stream URL "
+                              f"(rtsp://, http://, ...): no such device {text}")
+        return CameraSource(text)
+    if kind == "video" or url:
+        return VideoSource(text, prefetch)
     if _is_glob(text) and not Path(text).exists():
         paths = sorted(Path(p) for p in globmod.glob(text)
                        if Path(p).suffix.lower() in IMAGE_EXTS and Path(p).is_file())
