@@ -218,3 +218,16 @@ def test_fkp_train_refuses_a_bad_aug_item_in_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "rotatio=3" in err and "rotation" in err
+
+
+def test_track_checks():
+    """tracks.alive: score, size, centre in frame, finite; drop_converged keeps the older."""
+    from fkp.tracker.tracks import Track, alive, drop_converged
+    face = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 150.0]])   # box 100..140 x 100..150
+    pts = np.stack([face, face, face * 0.02, face + 500, face])
+    pts[4, 0, 0] = np.nan
+    ok = alive(pts, np.array([0.9, 0.4, 0.9, 0.9, 0.9]), 0.5, 400, 300)
+    assert ok.tolist() == [True, False, False, False, False]
+    t = [Track(i, p, 0.9, None) for i, p in enumerate([face, face + 2, face + 300])]
+    assert [x.id for x in drop_converged(t)] == [0, 2]
+    assert t[0].output(0.0) is t[0].points and t[0].crop_points() is t[0].points

@@ -218,3 +218,43 @@ def test_a_photo_is_searched_at_a_larger_working_size(tiny_model, astronaut_bgr)
         boxes = tracker.process(canvas, 0.0).boxes
         found[mode] = bool(((boxes[:, :2] < centre) & (centre < boxes[:, 2:])).all(1).any())
     assert found == {"reset": False, "forget": True}
+
+
+def test_track_runs_a_source_as_process_does(run, tiny_model, face_video, tmp_path,
+                                             astronaut_bgr):
+    """``track(spec)`` gives the results of the frame loop in ``run``, closes the source also
+    when stopped early, and takes an image folder as unrelated photos."""
+    _, expected, _ = run
+    tracker = Tracker(tiny_model, device="cpu", threads=1, redetect_every=10, async_scan=False)
+    got = list(tracker.track(str(face_video)))
+    assert [f.index for f, _ in got] == list(range(len(expected)))
+    for (_, r), e in zip(got, expected):
+        assert np.array_equal(r.ids, e.ids) and np.array_equal(r.points, e.points)
+
+    src = open_source(face_video)
+    closed = []
+    src.close = lambda: closed.append(True)
+    it = tracker.track(src)
+    next(it)
+    it.close()                                        # as a `break` out of a for loop does
+    assert closed
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), astronaut_bgr)
+    tracker.reset()
+    photos = [r for _, r in tracker.track(tmp_path)]
+    assert [list(r.ids) for r in photos] == [[0], [0]]      # each photo from nothing
+    assert np.array_equal(photos[0].points, photos[1].points)
+    assert tracker.stats["tracks_started"] == 2
+    tracker.reset()
+    clip = [r for _, r in tracker.track(tmp_path, photos=False)]
+    assert clip[1].ids[0] == 0                               # one clip: track 0 goes on,
+    assert not np.array_equal(clip[1].points[0], photos[1].points[0])   # cropped from frame 0
+
+
+def test_top_level_names():
+    import fkp.tracker as ft
+    assert ft.Tracker is Tracker and ft.FrameResult is FrameResult
+    assert ft.open_source is open_source and ft.LandmarkModel is LandmarkModel
+    with pytest.raises(AttributeError):
+        ft.track

@@ -271,10 +271,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         if args.out:
             video = VideoOutput(args.out, source.fps, source.size)
         fps = FpsMeter()
-        for frame in source:
-            if photos:
-                tracker.forget()
-            res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
+        for frame, res in tracker.track(source, photos):
             for w in writers:
                 w.write(res, frame.path)
             n += 1

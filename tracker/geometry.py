@@ -79,7 +79,11 @@ def crop(image: np.ndarray, box: np.ndarray, size: int, margin: float = DEFAULT_
 
 def roll_angle(points: np.ndarray) -> float:
     """Head roll in degrees from the eye centres of a (68, 2) shape (0 = level eyes)."""
-    left = points[36:42].mean(axis=0)
-    right = points[42:48].mean(axis=0)
-    d = right - left
-    return float(np.degrees(np.arctan2(d[1], d[0])))
+    return float(eye_roll(points[None, 36:48])[0])
+
+
+def eye_roll(eyes: np.ndarray) -> np.ndarray:
+    """Head roll in degrees (N,) from eye points (N, 12, 2), points 36-47 of each shape:
+    the angle of the line from the left to the right eye centre (0 = level eyes)."""
+    d = eyes[:, 6:].mean(axis=1) - eyes[:, :6].mean(axis=1)
+    return np.degrees(np.arctan2(d[:, 1], d[:, 0]))

@@ -3,27 +3,24 @@
 >>> tracker = Tracker("fastnet")                      # doctest: +SKIP
 >>> result = tracker.process(frame_bgr)               # doctest: +SKIP
 >>> result.points                                     # (N, 68, 2) frame pixels
+>>> for frame, result in tracker.track("rtsp://cam/1"):  # any source  # doctest: +SKIP
+...     ...
 
 Per frame:
 
-1. Tracking: every live track is cropped from its previous output points (tight box +
-   ``crop_margin``, rotated by the eye-line roll so the face comes out upright); those are
-   smoothed when smoothing is on, which steadies the crop (6-22 % less jitter on the still
-   test-video faces at equal NME). All tracks go through the model in ONE batched call. A
-   track whose score falls below the threshold (or whose box leaves the frame or collapses)
-   is lost; its smoothing state goes with it.
-2. Detection, only when needed: no tracks, a track was just lost, every ``redetect_every``
-   frames (to catch new faces; skipped while ``max_faces`` tracks run) or on
-   :meth:`Tracker.request_detection`. The periodic scan uses the detector's cheaper
-   ``for_scan`` twin where it has one (Haar: faces from 72 px in a 640x480 frame, plus the
-   next fallback) and is skipped where nothing changed outside the tracked faces since the
-   last scan; between ticks, something that just appeared in a still scene triggers a scan
-   at once (:mod:`~fkp.tracker.scangate`; ``scan_gate``). With ``async_scan`` scans run on
-   a worker thread, and their faces join a few frames later; detection with no face
-   tracked, after a loss or on request is synchronous. Detector boxes are mapped to landmark
-   boxes (``Detector.to_landmark_box``); those overlapping a live track are ignored. New
-   faces get a two-pass refinement: model on the landmark box, then on the box of those
-   points (one batched call per pass). Faces scoring above the threshold start tracks.
+1. Tracking: each live track is cropped from its previous (smoothed) output points: tight
+   box + ``crop_margin``, turned by the eye-line roll so the face comes out upright. All
+   tracks go through the model in ONE batched call. A track whose score falls below the
+   threshold, or whose box leaves the frame or collapses, is lost with its smoothing state.
+2. Detection, only when needed: no tracks, a track just lost, every ``redetect_every``
+   frames (new faces; skipped while ``max_faces`` tracks run) or on request. The periodic
+   scan uses the detector's cheaper ``for_scan`` twin and is skipped where nothing changed
+   outside the tracked faces since the last scan; something that appears in a still scene
+   between ticks triggers a scan at once (:mod:`~fkp.tracker.scangate`). With
+   ``async_scan`` scans run on a worker thread and their faces join a few frames later.
+   Detector boxes become landmark boxes (``Detector.to_landmark_box``); those overlapping a
+   live track are ignored; new faces get two passes (the landmark box, then the box of
+   those points) and start tracks when they score above the threshold.
 3. Post: per-track One Euro smoothing of the output points, which also place the next crop
    (``raw_points`` keep the model's own output).
 
@@ -40,18 +37,21 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .detectors import Detector, iou, make_detector
-from .geometry import apply_affine, box_from_points, invert_affine, roll_angle
+from .geometry import apply_affine, box_from_points, eye_roll, invert_affine
 from .runtime import LandmarkModel
 from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
+from .tracks import Track, alive, drop_converged
+
+if TYPE_CHECKING:
+    from .sources import Frame
 
 __all__ = ["Face", "FrameResult", "PHOTO_MAX_FACES", "STAGES", "Tracker", "as_image",
            "to_gray"]
@@ -59,20 +59,6 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 PHOTO_MAX_FACES = 16             # fkp-track's --max-faces default for photos (4 for streams)
-MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
-
-
-@dataclass
-class _Track:
-    id: int
-    points: np.ndarray          # (K, 2) raw model points, frame px
-    score: float
-    smoother: Optional[OneEuroFilter]
-    age: int = 0
-    shown: Optional[np.ndarray] = None   # (K, 2) last output (smoothed) points: the next crop
-
-    def crop_points(self) -> np.ndarray:
-        return self.points if self.shown is None else self.shown
 
 
 class Tracker:
@@ -170,7 +156,7 @@ class Tracker:
                       "tracks_started": 0, "tracks_lost": 0}
 
     def _clear(self) -> None:
-        self._tracks: list[_Track] = []
+        self._tracks: list[Track] = []
         self._next_id = 0
         self._since_detect = 0
         self._detect_requested = True
@@ -198,6 +184,25 @@ class Tracker:
     def request_detection(self) -> None:
         """Run the detector on the next frame (e.g. a new person stepped in)."""
         self._detect_requested = True
+
+    def track(self, source, photos: bool | None = None) -> Iterator[tuple[Frame, FrameResult]]:
+        """Track every frame of ``source``: a :class:`~fkp.tracker.sources.Source` or what
+        :func:`~fkp.tracker.sources.open_source` takes (camera index or device, stream URL,
+        video file or URL, image folder or glob). Yields ``(frame, result)``; ``frame.image``
+        is the BGR (H, W, 3) frame. ``photos`` (default: the source's ``is_still``) takes
+        each frame as an unrelated photo (:meth:`forget` before it). The source is closed
+        at the end, also when the caller stops early."""
+        from .sources import Source, open_source
+
+        src = source if isinstance(source, Source) else open_source(source)
+        photos = src.is_still if photos is None else photos
+        try:
+            for frame in src:
+                if photos:
+                    self.forget()
+                yield frame, self.process(frame.image, frame.timestamp_ms, frame.index)
+        finally:
+            src.close()
 
     def process(self, frame: np.ndarray, timestamp_ms: float | None = None,
                 index: int | None = None) -> FrameResult:
@@ -266,14 +271,7 @@ class Tracker:
 
     def _rolls(self, pts: np.ndarray) -> np.ndarray:
         """Eye-line roll (deg) per face of (N, K, 2) points; zeros without eye points."""
-        if self._eyes is None:
-            return np.zeros(len(pts))
-        full = np.zeros((68, 2))
-        out = np.empty(len(pts))
-        for i, p in enumerate(pts):
-            full[36:48] = p[self._eyes]
-            out[i] = roll_angle(full)
-        return out
+        return np.zeros(len(pts)) if self._eyes is None else eye_roll(pts[:, self._eyes])
 
     def _infer(self, image: np.ndarray, boxes: np.ndarray, angles: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -294,35 +292,21 @@ class Tracker:
         self.stats["model_calls"] += 1
         return pts, scores
 
-    def _alive(self, pts: np.ndarray, scores: np.ndarray, w: int, h: int) -> np.ndarray:
-        """(N,) bool: score above threshold, box big enough, box centre inside the frame."""
-        boxes = box_from_points(pts)
-        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        return ((scores >= self.score_threshold) & (side >= MIN_BOX_SIDE)
-                & (cx >= 0) & (cx < w) & (cy >= 0) & (cy < h) & np.isfinite(pts).all(axis=(1, 2)))
-
     def _track(self, image: np.ndarray, w: int, h: int) -> bool:
         """Follow live tracks; returns True when one was lost."""
         if not self._tracks:
             return False
         prev = np.stack([t.crop_points() for t in self._tracks])
         pts, scores = self._infer(image, box_from_points(prev), self._rolls(prev))
-        alive = self._alive(pts, scores, w, h)
         kept = []
-        for t, p, s, ok in zip(self._tracks, pts, scores, alive):
+        for t, p, s, ok in zip(self._tracks, pts, scores,
+                               alive(pts, scores, self.score_threshold, w, h)):
             if ok:
                 t.points, t.score, t.age = p, float(s), t.age + 1
                 kept.append(t)
             else:
                 log.debug("track %d lost (score %.2f)", t.id, s)
-        # two tracks converged on one face: keep the older one
-        if len(kept) > 1:
-            kb = box_from_points(np.stack([t.points for t in kept]))
-            ov = iou(kb, kb)
-            drop = {j for i in range(len(kept)) for j in range(i + 1, len(kept))
-                    if ov[i, j] > 0.5}
-            kept = [t for j, t in enumerate(kept) if j not in drop]
+        kept = drop_converged(kept)
         n_lost = len(self._tracks) - len(kept)
         self.stats["tracks_lost"] += n_lost
         self._tracks = kept
@@ -390,8 +374,7 @@ class Tracker:
             return
         pts, _ = self._infer(image, np.stack(chosen), np.zeros(len(chosen)))
         pts, scores = self._infer(image, box_from_points(pts), self._rolls(pts))
-        alive = self._alive(pts, scores, w, h)
-        for p, s, ok in zip(pts, scores, alive):
+        for p, s, ok in zip(pts, scores, alive(pts, scores, self.score_threshold, w, h)):
             if not ok:
                 continue
             box = box_from_points(p)[None]
@@ -399,7 +382,7 @@ class Tracker:
             if others and iou(box, box_from_points(np.stack(others))).max() > 0.5:
                 continue
             smoother = OneEuroFilter.from_strength(self.smooth) if self.smooth > 0 else None
-            self._tracks.append(_Track(self._next_id, p, float(s), smoother))
+            self._tracks.append(Track(self._next_id, p, float(s), smoother))
             self.stats["tracks_started"] += 1
             log.debug("track %d started (score %.2f)", self._next_id, s)
             self._next_id += 1
@@ -412,12 +395,7 @@ class Tracker:
             return FrameResult(index, timestamp_ms, points=empty_points(k),
                                raw_points=empty_points(k), detected=detected)
         raw = np.stack([t.points for t in self._tracks])
-        out = raw.copy()
-        for i, t in enumerate(self._tracks):
-            if t.smoother is not None:
-                b = box_from_points(t.points)
-                out[i] = t.smoother(t.points, timestamp_ms, max(b[2] - b[0], b[3] - b[1]))
-                t.shown = out[i]
+        out = np.stack([t.output(timestamp_ms) for t in self._tracks])
         return FrameResult(index, timestamp_ms,
                            ids=np.array([t.id for t in self._tracks], np.int64),
                            points=out, raw_points=raw,

@@ -1,0 +1,69 @@
+"""Tracks: faces followed from frame to frame, and the per-frame checks on them.
+
+A :class:`Track` holds one face's points in frame pixels; :func:`alive` decides which tracks
+survive a frame and :func:`drop_converged` removes tracks that ended up on the same face.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .detectors import iou
+from .geometry import box_from_points
+from .smoothing import OneEuroFilter
+
+MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
+CONVERGED_IOU = 0.5              # two tracks whose boxes overlap more follow one face
+
+
+@dataclass
+class Track:
+    """One face. ``points`` (K, 2): the model's raw points, frame px; ``shown`` (K, 2): the
+    last output (smoothed) points, which place the next crop; ``smoother``: its One Euro
+    filter (None: smoothing off); ``age``: frames followed."""
+
+    id: int
+    points: np.ndarray
+    score: float
+    smoother: Optional[OneEuroFilter]
+    age: int = 0
+    shown: Optional[np.ndarray] = None
+
+    def crop_points(self) -> np.ndarray:
+        """(K, 2) points that place the next crop: the shown ones, else the raw ones."""
+        return self.points if self.shown is None else self.shown
+
+    def output(self, timestamp_ms: float) -> np.ndarray:
+        """(K, 2) points to report for this frame: smoothed (and kept as ``shown``) when the
+        track has a smoother, else the raw points."""
+        if self.smoother is None:
+            return self.points
+        b = box_from_points(self.points)
+        self.shown = self.smoother(self.points, timestamp_ms, max(b[2] - b[0], b[3] - b[1]))
+        return self.shown
+
+
+def alive(points: np.ndarray, scores: np.ndarray, threshold: float, w: int, h: int
+          ) -> np.ndarray:
+    """(N,) bool for faces (N, K, 2) frame px with scores (N,) in a w x h frame: score at or
+    above ``threshold``, finite points, landmark box at least ``MIN_BOX_SIDE`` px, box centre
+    inside the frame."""
+    boxes = box_from_points(points)
+    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    return ((scores >= threshold) & (side >= MIN_BOX_SIDE) & (cx >= 0) & (cx < w)
+            & (cy >= 0) & (cy < h) & np.isfinite(points).all(axis=(1, 2)))
+
+
+def drop_converged(tracks: list[Track]) -> list[Track]:
+    """``tracks`` (oldest first) without those whose landmark box overlaps an older one's by
+    IoU > ``CONVERGED_IOU``: two tracks that converged on one face keep the older."""
+    if len(tracks) < 2:
+        return tracks
+    boxes = box_from_points(np.stack([t.points for t in tracks]))
+    ov = iou(boxes, boxes)
+    drop = {j for i in range(len(tracks)) for j in range(i + 1, len(tracks))
+            if ov[i, j] > CONVERGED_IOU}
+    return [t for j, t in enumerate(tracks) if j not in drop]
