@@ -84,6 +84,22 @@ def test_video_output_and_drawing(tmp_path):
         VideoOutput(tmp_path / "missing" / "x.mp4", 25.0, (120, 100))
 
 
+def test_live_frames_keep_real_time_in_the_video(tmp_path):
+    """Timestamped frames (a camera: uneven, with dropped frames) are placed on the 10-fps
+    timeline: a gap repeats the previous frame, a frame early for its slot is left out."""
+    path = tmp_path / "live.avi"
+    stamps = [1000.0, 1100.0, 1390.0, 1420.0, 1500.0]       # slots 0, 1, 4 (3.9), 4, 5
+    with VideoOutput(path, 10.0, (64, 48), fourcc="MJPG") as v:
+        for i, t in enumerate(stamps):
+            v.write(np.full((48, 64, 3), 40 * (i + 1), np.uint8), t)
+    assert v.frames_written == 6
+    cap = cv2.VideoCapture(str(path))
+    levels = []
+    while (got := cap.read())[0]:
+        levels.append(int(round(got[1].mean() / 40)))
+    assert levels == [1, 2, 2, 2, 3, 5]          # 1.0 s .. 1.5 s at 10 fps; frame 4 dropped
+
+
 def test_draw_empty_and_fps_meter():
     img = np.zeros((50, 50, 3), np.uint8)
     draw_result(img, FrameResult(0, 0.0))

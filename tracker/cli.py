@@ -280,8 +280,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                 sums[k] += tracker.timings[k]
             if display or video is not None or images_out is not None:
                 vis = draw_result(frame.image, res, contours=args.contours, indices=indices)
-                if video is not None:
-                    video.write(vis)
+                if video is not None:    # a live source's recording keeps real time
+                    video.write(vis, frame.timestamp_ms if source.is_live else None)
                 if images_out is not None:
                     images_out.write(vis, frame.index, frame.path)
                 if display:

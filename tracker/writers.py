@@ -151,24 +151,46 @@ class JsonLinesWriter(_TextWriter):
 
 class VideoOutput:
     """``cv2.VideoWriter`` at a fixed ``size`` (width, height) and ``fps``; frames of another
-    size are resized, gray frames expanded to BGR."""
+    size are resized, gray frames expanded to BGR.
+
+    Frames written with a ``timestamp_ms`` (live sources: frames come at uneven times, and
+    those the tracker had no time for are dropped) are placed on the file's timeline: the
+    previous frame is repeated over a gap, and a frame early for its slot is left out, so
+    the file plays in real time. ``frames_written`` counts the frames in the file."""
 
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int],
                  fourcc: str = "mp4v") -> None:
         p = check_writable(path)
-        self.path, self.size = str(p), (int(size[0]), int(size[1]))
+        self.path, self.size, self.fps = str(p), (int(size[0]), int(size[1])), float(fps)
+        self.frames_written = 0
+        self._t0: float | None = None
+        self._last: np.ndarray | None = None
         self._vw = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), float(fps),
                                    self.size)
         if not self._vw.isOpened():
             raise OutputError(f"cannot write video {p} with codec {fourcc} (try a .mp4 or .avi "
                               "file name)")
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, timestamp_ms: float | None = None) -> None:
+        """Append ``image`` (H, W[, 3]) uint8; with ``timestamp_ms``, at its slot in time."""
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         if (image.shape[1], image.shape[0]) != self.size:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        if timestamp_ms is not None:
+            if self._t0 is None:
+                self._t0 = timestamp_ms
+            slot = round((timestamp_ms - self._t0) * self.fps / 1000.0)
+            while self._last is not None and self.frames_written < slot:
+                self._emit(self._last)           # hold the previous frame over the gap
+            if self.frames_written > slot:
+                return                           # early for its slot: its time is filled
+            self._last = image
+        self._emit(image)
+
+    def _emit(self, image: np.ndarray) -> None:
         self._vw.write(image)
+        self.frames_written += 1
 
     def close(self) -> None:
         self._vw.release()
