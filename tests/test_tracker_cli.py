@@ -38,7 +38,7 @@ def test_help():
     for opt in ("--camera", "--video", "--images", "--model", "--device", "--smooth",
                 "--no-smooth", "--redetect-every", "--detector", "--contours", "--no-display",
                 "--out", "--out-dir", "--csv", "--json", "--max-frames", "--prefetch",
-                "--track-images", "-v"):
+                "--track-images", "--camera-size", "-v"):
         assert opt in p.stdout
 
 
@@ -188,6 +188,16 @@ def test_two_sources_is_usage_error(capsys, face_video):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--camera", "0", "--video", str(face_video)])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("argv", [["--camera-size", "1280"], ["--camera-size", "640x480"]])
+def test_camera_size_is_checked(capsys, face_video, argv):
+    """A malformed size, or a size for a file: usage error (2) in one line."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main([*argv, "--video", str(face_video), "--no-display"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--camera-size" in err.splitlines()[-1]
+    assert cli.frame_size("1280x720") == (1280, 720)
 
 
 def _default_sigint() -> None:

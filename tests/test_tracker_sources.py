@@ -203,6 +203,23 @@ def test_camera_that_stops_delivering_ends_stream():
     assert len(list(src)) <= 3
 
 
+def test_camera_size_is_asked_for_and_a_different_one_reported(caplog, monkeypatch):
+    class Sized(FakeCapture):
+        asked: dict = {}
+
+        def set(self, prop, value):
+            self.asked[prop] = value
+            return True
+
+    fake = Sized(0)
+    monkeypatch.setattr(camera, "open_capture", lambda device: fake)
+    with caplog.at_level(logging.WARNING, logger="fkp.tracker.camera"):
+        src = open_source(0, size=(1280, 720))
+    src.close()
+    assert fake.asked == {cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720}
+    assert src.size == (32, 24) and "delivers 32x24, not the 1280x720" in caplog.text
+
+
 def test_camera_that_wont_open():
     with pytest.raises(SourceError) as exc:
         CameraSource(7, capture_factory=lambda i: FakeCapture(i, opened=False))

@@ -45,7 +45,8 @@ def open_capture(device: int | str) -> cv2.VideoCapture:
 class CameraSource(Source):
     """A live camera or network stream read by a daemon thread that keeps only the newest frame.
 
-    ``device``: camera index (int), device path, or stream URL.
+    ``device``: camera index (int), device path, or stream URL. ``width``, ``height``: the
+    capture size to ask for (a warning says when the camera delivers another).
     ``capture_factory(device)`` returns an object with ``isOpened()``, ``read()``, ``get()``,
     ``release()`` (default :func:`open_capture`; tests pass a fake). ``first_frame_timeout``:
     seconds to wait for the first frame (default 5; a stream's open timeout for URLs);
@@ -111,6 +112,9 @@ class CameraSource(Source):
             raise SourceError(f"{self.name} opened but delivered no frame in "
                               f"{first_frame_timeout:g} s: {hint}")
         self.size = (first.shape[1], first.shape[0])
+        if width and height and self.size != (width, height):
+            log.warning("%s delivers %dx%d, not the %dx%d asked for", self.name, *self.size,
+                        width, height)
 
     def _reader(self) -> None:
         failures = 0

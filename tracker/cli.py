@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -67,6 +68,14 @@ def model_from_args(args):
                          cuda_graph=not args.no_cuda_graph)
 
 
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type for WIDTHxHEIGHT, e.g. 1280x720."""
+    m = re.fullmatch(r"(\d{2,5})[xX](\d{2,5})", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}")
+    return int(m[1]), int(m[2])
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
@@ -77,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--camera", metavar="N|DEVICE|URL",
                      help="live source, newest frame only: camera index, device path "
                           "(/dev/video0) or stream URL")
+    src.add_argument("--camera-size", type=frame_size, metavar="WxH",
+                     help="ask the camera for this capture size, e.g. 1280x720 (default: its "
+                          "own; faces from 7.5 %% of the longest side are found)")
     src.add_argument("--video", metavar="PATH", help="video file or URL (every frame, in order)")
     src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
     src.add_argument("--track-images", action="store_true",
@@ -219,6 +231,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           check_writable)
 
     spec, kind = _source_spec(args, ap)
+    if args.camera_size and kind != "camera":
+        ap.error("--camera-size is for cameras and streams, not for files or images")
     if args.smooth < 0 or args.redetect_every < 0 or (args.max_faces or 1) < 1 \
             or args.max_frames < 0 or args.prefetch < 0:
         ap.error("--smooth, --redetect-every, --max-frames, --prefetch must be >= 0 and "
@@ -246,7 +260,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           max_faces=args.max_faces or (PHOTO_MAX_FACES if photos else 4),
                           async_scan=async_scan(args, kind), scan_gate=not args.always_scan)
         if source is None:
-            source = open_source(spec, kind, prefetch=args.prefetch)
+            source = open_source(spec, kind, prefetch=args.prefetch, size=args.camera_size)
     except BaseException:
         if source is not None:
             source.close()

@@ -287,26 +287,27 @@ def _is_glob(text: str) -> bool:
 
 
 def open_source(spec: int | str | Path, kind: str | None = None, fps: float | None = None,
-                prefetch: int = 0) -> Source:
+                prefetch: int = 0, size: tuple[int, int] | None = None) -> Source:
     """Open a frame source.
 
     ``spec``: camera index (int or digit string), camera device path, stream URL, video file
     or URL, image folder, glob or one image. ``kind`` forces "camera" (live: an index, a
     device path or a URL), "video" or "images" (the CLI's --camera/--video/--images).
     ``fps``: frame rate for image sources (default 30). ``prefetch``: video files are
-    decoded this many frames ahead on a thread (0 = on the caller's thread).
+    decoded this many frames ahead on a thread (0 = on the caller's thread). ``size``:
+    (width, height) to ask a camera for (live sources only).
     """
     from .camera import CameraSource
 
     text = str(spec)
     if isinstance(spec, int) or (kind in (None, "camera") and text.isdigit()):
-        return CameraSource(int(text))
+        return CameraSource(int(text), *(size or ()))
     url = is_url(text)
     if kind == "camera" or (kind is None and is_live_spec(text)):
         if not (url or Path(text).exists()):
             raise SourceError(f"camera must be an index, a device path or a stream URL "
                               f"(rtsp://, http://, ...): no such device {text}")
-        return CameraSource(text)
+        return CameraSource(text, *(size or ()))
     if kind == "video" or url:
         return VideoSource(text, prefetch)
     if _is_glob(text) and not Path(text).exists():
