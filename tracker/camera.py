@@ -22,10 +22,10 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
-from .sources import Frame, Source, SourceError, is_url, redact_url, valid_fps
+from .sources import (STREAM_TIMEOUT_MS, Frame, Source, SourceError, is_url, open_video_capture,
+                      redact_url, valid_fps)
 
 log = logging.getLogger(__name__)
-STREAM_TIMEOUT_MS = 10000   # opening a stream, and one read() of it
 STREAM_RECONNECTS = 5       # attempts to reopen a live network stream each time it stalls
 RECONNECT_PAUSE = 1.0       # s between those attempts
 MAX_READ_FAILURES = 50      # failed reads in a row (~0.5 s) that count as a stall
@@ -33,12 +33,9 @@ MAX_READ_FAILURES = 50      # failed reads in a row (~0.5 s) that count as a sta
 
 def open_capture(device: int | str) -> cv2.VideoCapture:
     """``cv2.VideoCapture`` for a camera index, a device path, or a stream URL (through
-    FFmpeg, with open and read timeouts)."""
-    if isinstance(device, str) and is_url(device) \
-            and cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
-        return cv2.VideoCapture(device, cv2.CAP_FFMPEG,
-                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
-                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+    FFmpeg, with open and read timeouts: :func:`~fkp.tracker.sources.open_video_capture`)."""
+    if isinstance(device, str) and is_url(device):
+        return open_video_capture(device)
     return cv2.VideoCapture(device)
 
 

@@ -237,6 +237,10 @@ class FallbackDetector:
             return d.for_photo() if hasattr(d, "for_photo") else d
         return FallbackDetector(photo(self.primary), [photo(f) for f in self.fallbacks])
 
+    def reset(self) -> None:
+        """Start the fallbacks' turns over (as a new detector)."""
+        self.turn = 0
+
     def detect(self, gray: np.ndarray) -> np.ndarray:
         fallback = self.fallbacks[self.turn % len(self.fallbacks)]
         self.turn += 1

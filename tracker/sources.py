@@ -45,6 +45,7 @@ from .data import IMAGE_EXTS
 log = logging.getLogger(__name__)
 DEFAULT_FPS = 30.0
 VIDEO_PREFETCH = 4      # fkp-track's and fkp-bench's default decode-ahead for video files
+STREAM_TIMEOUT_MS = 10000   # opening a network source, and one read() of it
 VIDEO_EXTS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 _URL = re.compile(r"^(rtsps?|rtmps?|https?|udp|tcp|srt)://", re.IGNORECASE)
 
@@ -129,9 +130,16 @@ def is_live_spec(spec: int | str | Path) -> bool:
         (text.startswith("/dev/") and Path(text).is_char_device())
 
 
-def _open_file_capture(path: Path | str) -> cv2.VideoCapture:
-    api = cv2.CAP_FFMPEG if cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG) else cv2.CAP_ANY
-    return cv2.VideoCapture(str(path), api)
+def open_video_capture(path: Path | str) -> cv2.VideoCapture:
+    """``cv2.VideoCapture`` for a video file or URL through FFmpeg where OpenCV has it; a URL
+    gets open and read timeouts of ``STREAM_TIMEOUT_MS``."""
+    if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        return cv2.VideoCapture(str(path), cv2.CAP_ANY)
+    if is_url(str(path)):
+        return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG,
+                                [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS,
+                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS])
+    return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
 
 
 class VideoSource(Source):
@@ -151,7 +159,7 @@ class VideoSource(Source):
             raise SourceError(f"{p} is a directory, not a video (use --images for image folders)")
         if not url and not p.is_file():
             raise SourceError(f"video file {p} does not exist")
-        self._cap = _open_file_capture(p)
+        self._cap = open_video_capture(p)
         if not self._cap.isOpened():
             raise SourceError(f"cannot read video {self.name} (" + (
                 "unreachable, not found, or not a video)" if url else

@@ -146,9 +146,13 @@ class Tracker:
         self._one_chance = True
 
     def reset(self) -> None:
-        """Drop all tracks, restart ids at 0, the frame counter, the wall clock and
-        ``stats``; detect on the next frame."""
+        """Drop all tracks, restart ids at 0, the frame counter, the wall clock, ``stats``
+        and the detectors' turns (``reset()``, where they have one): as a new tracker.
+        Detect on the next frame."""
         self._clear()
+        for d in {id(d): d for d in (self.detector, self.scan_detector)}.values():
+            if hasattr(d, "reset"):
+                d.reset()
         self._one_chance = False
         self._frame_no = 0
         self._t0: float | None = None
@@ -189,13 +193,15 @@ class Tracker:
         """Track every frame of ``source``: a :class:`~fkp.tracker.sources.Source` or what
         :func:`~fkp.tracker.sources.open_source` takes (camera index or device, stream URL,
         video file or URL, image folder or glob). Yields ``(frame, result)``; ``frame.image``
-        is the BGR (H, W, 3) frame. ``photos`` (default: the source's ``is_still``) takes
-        each frame as an unrelated photo (:meth:`forget` before it). The source is closed
-        at the end, also when the caller stops early."""
+        is the BGR (H, W, 3) frame. The tracker is :meth:`reset` first, so a video gives
+        the same results on every run (with ``async_scan=False``). ``photos`` (default: the
+        source's ``is_still``) takes each frame as an unrelated photo (:meth:`forget` before
+        it). The source is closed at the end, also when the caller stops early."""
         from .sources import Source, open_source
 
         src = source if isinstance(source, Source) else open_source(source)
         photos = src.is_still if photos is None else photos
+        self.reset()
         try:
             for frame in src:
                 if photos:
