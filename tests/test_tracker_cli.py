@@ -156,6 +156,30 @@ def test_image_folder_each_image_on_its_own(capsys, tmp_path, tiny_model, astron
     assert (photos / "a.png").read_bytes() == before
 
 
+def test_flip_test_is_on_for_photos_only_by_default(capsys, tmp_path, tiny_model,
+                                                    astronaut_bgr, face_video):
+    """Photos run with the flip test unless --no-flip-test; videos without unless
+    --flip-test. The header line says so, and the shipped net's points follow."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), face_frame(astronaut_bgr, 0))
+    heads, points = {}, {}
+    for extra in ([], ["--no-flip-test"], ["--track-images"]):
+        out = tmp_path / f"f{len(heads)}.jsonl"
+        rc, stdout, _ = run_main(capsys, photos, "--model", "fastnet-int8", "--no-display",
+                                 "--threads", 1, "--json", out, *extra)   # (tiny: symmetric)
+        assert rc == 0
+        heads[tuple(extra)] = stdout.splitlines()[0]
+        points[tuple(extra)] = json.loads(out.read_text())["faces"][0]["points"]
+    assert "flip test" in heads[()] and "flip test" not in heads[("--no-flip-test",)]
+    assert "flip test" not in heads[("--track-images",)]
+    assert points[()] != points[("--no-flip-test",)]
+    for extra, flip in (([], False), (["--flip-test"], True)):
+        rc, stdout, _ = run_main(capsys, face_video, "--model", tiny_model, "--no-display",
+                                 "--max-frames", 1, *extra)
+        assert rc == 0 and ("flip test" in stdout.splitlines()[0]) is flip
+
+
 def test_cuda_without_gpu(capsys, tiny_model, face_video):
     import onnxruntime as ort
     if "CUDAExecutionProvider" in ort.get_available_providers():

@@ -226,13 +226,13 @@ def bench_inference(args) -> dict:
         times.append((time.perf_counter() - t0) * 1000.0 / args.batch)
     med, mean = float(np.median(times)), float(np.mean(times))
     print(f"{model.path.name} ({model.meta.arch}, {s}x{s}) on {model.provider}, threads "
-          f"{args.threads or 'default'}{', flip test' if args.flip_test else ''}"
+          f"{args.threads or 'default'}{', flip test' if model.flip_test else ''}"
           f"{', CUDA graphs' if model.cuda_graph else ''}: "
           f"{med:.3f} ms per face (batch {args.batch}, median of {args.runs} calls; mean "
           f"{mean:.3f})")
     return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4), "batch": args.batch,
             "provider": model.provider, "model": str(model.path), "arch": model.meta.arch,
-            "threads": args.threads or default_cpu_threads(), "flip_test": args.flip_test,
+            "threads": args.threads or default_cpu_threads(), "flip_test": model.flip_test,
             "cuda_graph": model.cuda_graph}
 
 

@@ -46,9 +46,10 @@ def add_pipeline_args(group) -> None:
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     group.add_argument("--threads", type=int, metavar="N",
                        help="onnxruntime CPU threads (default: the cores, at most 2)")
-    group.add_argument("--flip-test", action="store_true",
+    group.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
                        help="also run each crop mirrored and average: twice the inference "
-                            "time, lower error")
+                            "time, lower error (fkp-track's default: on for the photos of an "
+                            "image folder, where detection dominates the time; off otherwise)")
     group.add_argument("--no-cuda-graph", action="store_true",
                        help="on a GPU, run onnxruntime's plain session instead of replaying "
                             "captured CUDA graphs (the default: lower latency per frame)")
@@ -59,12 +60,14 @@ def add_pipeline_args(group) -> None:
                             "model file")
 
 
-def model_from_args(args):
+def model_from_args(args, flip_test: bool = False):
     """The :class:`~fkp.tracker.runtime.LandmarkModel` that ``--model`` and the options of
-    :func:`add_pipeline_args` ask for."""
+    :func:`add_pipeline_args` ask for; ``flip_test`` where neither --flip-test nor
+    --no-flip-test was given."""
     from .runtime import LandmarkModel
 
-    return LandmarkModel(args.model, args.device, args.threads, args.flip_test,
+    flip = flip_test if args.flip_test is None else args.flip_test
+    return LandmarkModel(args.model, args.device, args.threads, flip,
                          cuda_graph=not args.no_cuda_graph)
 
 
@@ -253,7 +256,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           "overwrite; choose another folder")
     photos = source is not None and source.is_still and not args.track_images  # unrelated
     try:
-        model = model_from_args(args)
+        model = model_from_args(args, flip_test=photos)
         tracker = Tracker(model, detector=args.detector,
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every,
@@ -274,7 +277,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     status = 0
     try:
         print(f"fkp-track: {tracker.model.path.name} ({tracker.model.meta.arch}) on "
-              f"{tracker.provider}{' with CUDA graphs' if model.cuda_graph else ''}; "
+              f"{tracker.provider}{' with CUDA graphs' if model.cuda_graph else ''}"
+              f"{', flip test' if model.flip_test else ''}; "
               f"source {source.name} {source.size[0]}x{source.size[1]} "
               f"@ {source.fps:.3g} fps", file=info, flush=True)
         indices = tracker.model.meta.indices
