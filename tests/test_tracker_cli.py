@@ -214,11 +214,14 @@ def test_two_sources_is_usage_error(capsys, face_video):
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("argv", [["--camera-size", "1280"], ["--camera-size", "640x480"]])
+@pytest.mark.parametrize("argv", [["--camera-size", "1280", "--video", "V"],
+                                  ["--camera-size", "640x480", "--video", "V"],
+                                  ["--camera-size", "640x480", "rtsp://cam/1"]])
 def test_camera_size_is_checked(capsys, face_video, argv):
-    """A malformed size, or a size for a file: usage error (2) in one line."""
+    """A malformed size, or a size for a file or a stream: usage error (2) in one line."""
+    argv = [str(face_video) if a == "V" else a for a in argv]
     with pytest.raises(SystemExit) as exc:
-        cli.main([*argv, "--video", str(face_video), "--no-display"])
+        cli.main([*argv, "--no-display"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--camera-size" in err.splitlines()[-1]
     assert cli.frame_size("1280x720") == (1280, 720)

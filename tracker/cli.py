@@ -17,7 +17,7 @@ import threading
 import time
 
 from .sources import VIDEO_PREFETCH as PREFETCH
-from .sources import is_live_spec
+from .sources import is_live_spec, is_url
 from .writers import quiet_broken_pipe
 
 EXAMPLES = """\
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="live source, newest frame only: camera index, device path "
                           "(/dev/video0) or stream URL")
     src.add_argument("--camera-size", type=frame_size, metavar="WxH",
-                     help="ask the camera for this capture size, e.g. 1280x720 (default: its "
-                          "own; faces from 7.5 %% of the longest side are found)")
+                     help="ask a local camera for this capture size, e.g. 1280x720 (default: "
+                          "its own; faces from 7.5 %% of the longest side are found)")
     src.add_argument("--video", metavar="PATH", help="video file or URL (every frame, in order)")
     src.add_argument("--images", metavar="DIR_OR_GLOB", help="image folder or glob (quote it)")
     src.add_argument("--track-images", action="store_true",
@@ -234,8 +234,9 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           check_writable)
 
     spec, kind = _source_spec(args, ap)
-    if args.camera_size and kind != "camera":
-        ap.error("--camera-size is for cameras and streams, not for files or images")
+    if args.camera_size and (kind != "camera" or is_url(str(spec))):
+        ap.error("--camera-size is for local cameras (a stream's size is set where it is "
+                 "sent from; files and images keep theirs)")
     if args.smooth < 0 or args.redetect_every < 0 or (args.max_faces or 1) < 1 \
             or args.max_frames < 0 or args.prefetch < 0:
         ap.error("--smooth, --redetect-every, --max-frames, --prefetch must be >= 0 and "
