@@ -48,7 +48,7 @@ from .runtime import LandmarkModel
 from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
-from .tracks import Track, alive, drop_converged
+from .tracks import CONVERGED_IOU, Track, alive, drop_converged
 
 if TYPE_CHECKING:
     from .sources import Frame
@@ -385,7 +385,7 @@ class Tracker:
                 continue
             box = box_from_points(p)[None]
             others = [t.points for t in self._tracks]
-            if others and iou(box, box_from_points(np.stack(others))).max() > 0.5:
+            if others and iou(box, box_from_points(np.stack(others))).max() > CONVERGED_IOU:
                 continue
             smoother = OneEuroFilter.from_strength(self.smooth) if self.smooth > 0 else None
             self._tracks.append(Track(self._next_id, p, float(s), smoother))
