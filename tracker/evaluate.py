@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="find each face as fkp-track does in a photo (the detector on the "
                         "whole image) instead of cropping it from the box of its labels: "
                         "adds 'detected' (%% of faces found within NME 10); a missed face "
-                        "counts as a failure, NME and MAE are over the faces found")
+                        "counts as a failure, NME and MAE are over the faces found (fkp-track "
+                        "runs photos with the flip test: add --flip-test to match it)")
     p.add_argument("--ced", type=Path, help="write a cumulative error curve PNG here")
     p.add_argument("--skip-bad", action="store_true", help="count and skip bad rows/images")
     p.add_argument("--limit", type=int, default=0, help="evaluate only the first N faces")
