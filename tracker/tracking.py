@@ -150,7 +150,7 @@ class Tracker:
         and the detectors' turns (``reset()``, where they have one): as a new tracker.
         Detect on the next frame."""
         self._clear()
-        for d in {id(d): d for d in (self.detector, self.scan_detector)}.values():
+        for d in (self.detector, self.scan_detector):     # (the same object twice: harmless)
             if hasattr(d, "reset"):
                 d.reset()
         self._one_chance = False

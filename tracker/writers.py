@@ -165,7 +165,7 @@ class VideoOutput:
         self.frames_written = 0
         self._t0: float | None = None
         self._last: np.ndarray | None = None
-        self._vw = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), float(fps),
+        self._vw = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*fourcc), self.fps,
                                    self.size)
         if not self._vw.isOpened():
             raise OutputError(f"cannot write video {p} with codec {fourcc} (try a .mp4 or .avi "
