@@ -52,3 +52,53 @@ def test_onnxruntime_retry_messages_stay_off_stdout(tiny_model, monkeypatch, cap
     assert model.provider == "CPUExecutionProvider"
     assert capsys.readouterr().out == ""
     assert any("Falling back" in r.getMessage() for r in caplog.records)
+
+
+def _model_with_an_unused_initializer() -> bytes:
+    """An ONNX graph whose loading makes onnxruntime warn through its own process-wide log."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:],
+                              [numpy_helper.from_array(np.zeros(3, np.float32), "unused")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def test_onnxruntime_log_goes_to_the_fkp_log_not_raw_stderr(capfd, caplog):
+    """onnxruntime-gpu warns at every CUDA session it makes (seen on an H200); the programs
+    route its log through logging, where warnings show only with -v."""
+    import logging
+
+    import onnxruntime as ort
+    import pytest
+
+    if not hasattr(ort, "set_default_logger_callback"):
+        pytest.skip("onnxruntime < 1.32 has no log callback (its errors-only fallback is "
+                    "tested below)")
+    model = _model_with_an_unused_initializer()
+    undo = runtime.route_onnxruntime_log()
+    try:
+        with caplog.at_level(logging.INFO, logger="fkp.onnxruntime"):
+            ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    finally:
+        undo()
+    routed = [r for r in caplog.records if r.name == "fkp.onnxruntime"]
+    assert any("unused" in r.getMessage() and r.levelno == logging.INFO for r in routed)
+    assert "unused" not in capfd.readouterr().err
+    ort.InferenceSession(model, providers=["CPUExecutionProvider"])   # undone: stderr again
+    assert "unused" in capfd.readouterr().err
+
+
+def test_without_a_log_callback_onnxruntime_keeps_to_errors(monkeypatch):
+    import onnxruntime as ort
+
+    severities = []
+    monkeypatch.delattr(ort, "set_default_logger_callback", raising=False)
+    monkeypatch.setattr(ort, "set_default_logger_severity", severities.append)
+    undo = runtime.route_onnxruntime_log()
+    assert severities == [3]
+    undo()
+    assert severities == [3, 2]

@@ -308,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from .detectors import DetectorError
     from .metadata import MetadataError
-    from .runtime import ModelError
+    from .runtime import ModelError, route_onnxruntime_log
     from .sources import SourceError
     from .writers import OutputError
 
+    unroute_onnxruntime = route_onnxruntime_log()
     try:
         result = bench_inference(args) if args.infer_only else bench(args)
     except (SourceError, ModelError, MetadataError, DetectorError, OutputError,
@@ -327,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         print(f"{PROG}: error: unexpected {type(exc).__name__}: {first}", file=sys.stderr)
         return 1
+    finally:
+        unroute_onnxruntime()
     print(json.dumps(result))
     return 0
 

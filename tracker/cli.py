@@ -150,9 +150,12 @@ class _Formatter(logging.Formatter):
 
 
 def setup_logging(verbose: int):
-    """Log records of ``fkp.*`` as ``fkp-track: level: message`` lines on stderr; silence
-    OpenCV's and FFmpeg's own chatter unless -vv. Returns a function that undoes it."""
+    """Log records of ``fkp.*`` as ``fkp-track: level: message`` lines on stderr, onnxruntime's
+    own log among them (:func:`~fkp.tracker.runtime.route_onnxruntime_log`); silence OpenCV's
+    and FFmpeg's own chatter unless -vv. Returns a function that undoes it."""
     import cv2
+
+    from .runtime import route_onnxruntime_log
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_Formatter())
@@ -164,10 +167,12 @@ def setup_logging(verbose: int):
     if verbose < 2:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    unroute_onnxruntime = route_onnxruntime_log()
 
     def restore() -> None:
         root.handlers[:], root.propagate, root.level = saved[:3]
         cv2.utils.logging.setLogLevel(saved[3])
+        unroute_onnxruntime()
     return restore
 
 

@@ -31,7 +31,7 @@ from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import apply_affine, box_from_points, invert_affine
 from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular
 from .landmarks import nme as nme_fn
-from .runtime import LandmarkModel, ModelError, unmirror_points
+from .runtime import LandmarkModel, ModelError, route_onnxruntime_log, unmirror_points
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger("fkp.eval")
@@ -300,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--mirror-bias")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     results: dict[str, dict] = {}
+    unroute_onnxruntime = route_onnxruntime_log()
     try:
         if args.from_detector:
             model = LandmarkModel((args.model or ["fastnet"])[0], args.device,
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, DatasetError, OSError) as exc:
         print(f"fkp-eval: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        unroute_onnxruntime()
     out = {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v  # NaN: null
            for k, v in res.items()
            if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",

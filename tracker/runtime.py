@@ -12,7 +12,7 @@ import functools
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +140,39 @@ def preload_cuda_libraries() -> None:
             ort.preload_dlls()
     except Exception as exc:  # a missing folder or library: the default search still runs
         log.debug("onnxruntime.preload_dlls: %s", exc)
+
+
+# onnxruntime's severities (verbose, info, warning, error, fatal) -> logging levels
+ORT_LOG_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
+
+
+def route_onnxruntime_log() -> Callable[[], None]:
+    """Send onnxruntime's own process-wide log to the ``fkp.onnxruntime`` logger: its warnings
+    at INFO (shown with ``-v``), its errors at WARNING. Without this, onnxruntime-gpu writes a
+    coloured warning line to stderr at every CUDA session it creates ("No registered plugin
+    EP device found", seen with 1.31 on an H200). onnxruntime before 1.32 has no log
+    callback; there its own log keeps to errors instead. For the command-line programs: it
+    changes process-wide state, which the library leaves alone. Returns the function that
+    undoes it (onnxruntime's default logger at its default severity, warnings)."""
+    import onnxruntime as ort
+
+    ort_log = logging.getLogger("fkp.onnxruntime")
+
+    def forward(severity: int, category: str, logid: str, where: str, message: str) -> None:
+        level = ORT_LOG_LEVELS[min(max(int(severity), 0), len(ORT_LOG_LEVELS) - 1)]
+        ort_log.log(level, "%s", " ".join(str(message).split())[:500])
+
+    if hasattr(ort, "set_default_logger_callback"):
+        ort.set_default_logger_callback(forward, 2)
+
+        def undo() -> None:
+            ort.set_default_logger_callback(None)
+    else:
+        ort.set_default_logger_severity(3)
+
+        def undo() -> None:
+            ort.set_default_logger_severity(2)
+    return undo
 
 
 def session_options(threads: int | None = None):
