@@ -6,6 +6,8 @@ off by default (``cv2.LINE_8`` is several times faster than ``LINE_AA``).
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -23,12 +25,16 @@ def _fixed(points: np.ndarray) -> np.ndarray:
     return np.round(np.asarray(points, np.float64) * _ONE).astype(np.int32)
 
 
+@functools.cache
 def _disk(radius: int) -> np.ndarray:
-    """Integer offsets (M, 2) of a filled disk of ``radius`` px."""
+    """Integer offsets (M, 2) of a filled disk of ``radius`` px (made once per radius,
+    read-only: building it took as long as stamping a face's 68 dots)."""
     r = np.arange(-radius, radius + 1)
     dx, dy = np.meshgrid(r, r)
     keep = dx ** 2 + dy ** 2 <= radius ** 2 + radius   # radius 1: a 3x3 dot
-    return np.stack([dx[keep], dy[keep]], axis=1)
+    disk = np.stack([dx[keep], dy[keep]], axis=1)
+    disk.setflags(write=False)
+    return disk
 
 
 def draw_points(image: np.ndarray, points: np.ndarray, color=POINT_COLOR, radius: int = 1,
