@@ -95,6 +95,7 @@ def bad_inputs(tmp_path, tiny_model, face_video):
         "no metadata": ([*v, "--model", nometa, "--no-display"], "metadata"),
         "metadata misfit": ([*v, "--model", misfit, "--no-display"], "does not fit"),
         "unknown model": ([*v, "--model", "nosuchnet", "--no-display"], "no model named"),
+        "one-point model": ([*v, "--model", "nosetip", "--no-display"], "68-point model"),
         "unwritable csv": ([*v, *m, "--csv", tmp_path / "no/dir/x.csv"], "cannot write"),
         "csv is a dir": ([*v, *m, "--json", tmp_path], "directory"),
         "unwritable video": ([*v, *m, "--out", tmp_path / "no/dir/x.mp4"], "cannot write"),
@@ -107,6 +108,7 @@ def bad_inputs(tmp_path, tiny_model, face_video):
 CASES = ["missing video", "unreadable video", "video without frames", "camera",
          "camera device", "stream",
          "missing model", "corrupt model", "no metadata", "metadata misfit", "unknown model",
+         "one-point model",
          "unwritable csv", "csv is a dir", "unwritable video", "bad detector",
          "out-dir is a file", "out-dir without parent"]
 

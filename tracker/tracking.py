@@ -44,7 +44,8 @@ import numpy as np
 
 from .detectors import Detector, iou, make_detector
 from .geometry import apply_affine, box_from_points, eye_roll, invert_affine
-from .runtime import LandmarkModel
+from .landmarks import NUM_POINTS
+from .runtime import LandmarkModel, ModelError
 from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
@@ -66,7 +67,8 @@ class Tracker:
 
     ``model``: shipped name, path to an ``.onnx``, "auto", or a :class:`LandmarkModel`
     (which already carries its ``device``, ``threads`` and ``flip_test``; those arguments
-    only build a model from a name or path).
+    only build a model from a name or path). It must predict all 68 points, since each
+    crop is placed by the previous ones (a :class:`ModelError` says so otherwise).
     ``device``: "auto" | "cpu" | "cuda". ``detector``: None/"haar", a YuNet ``.onnx`` path or
     any :class:`~fkp.tracker.detectors.Detector`. ``smooth``: One Euro strength (0 = off).
     ``redetect_every``: frames between detector runs while tracking (0 = only when needed).
@@ -97,6 +99,11 @@ class Tracker:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
             LandmarkModel(model, device, threads, flip_test)
+        if self.model.meta.num_points != NUM_POINTS:    # each crop is placed by the points
+            raise ModelError(f"{self.model.path.name} predicts {self.model.meta.num_points} "
+                             f"point(s); tracking places each crop by a face's {NUM_POINTS} "
+                             f"points, so it needs a {NUM_POINTS}-point model (fkp-eval "
+                             "scores this one)")
         self.detector = make_detector(detector)
         # the periodic scan for new faces while tracking runs "cheaply" where the detector
         # has a cheaper twin (Haar: without the smallest scales, ~2/3 of the work)
