@@ -189,6 +189,9 @@ def test_cuda_without_gpu(capsys, tiny_model, face_video):
     rc, _, err = run_main(capsys, "--video", face_video, "--model", tiny_model, "--device",
                           "cuda", "--no-display")
     assert rc == 1 and err.count("\n") == 1 and "--device cuda" in err
+    rc, _, err = run_main(capsys, "--video", face_video, "--model", tiny_model, "--half",
+                          "--no-display")
+    assert rc == 1 and err.count("\n") == 1 and "--half" in err and "GPU" in err
 
 
 def test_headless_display(capsys, monkeypatch, tiny_model, face_video):

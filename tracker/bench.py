@@ -227,13 +227,13 @@ def bench_inference(args) -> dict:
     med, mean = float(np.median(times)), float(np.mean(times))
     print(f"{model.path.name} ({model.meta.arch}, {s}x{s}) on {model.provider}, threads "
           f"{args.threads or 'default'}{', flip test' if model.flip_test else ''}"
-          f"{', CUDA graphs' if model.cuda_graph else ''}: "
+          f"{', CUDA graphs' if model.cuda_graph else ''}{', float16' if model.half else ''}: "
           f"{med:.3f} ms per face (batch {args.batch}, median of {args.runs} calls; mean "
           f"{mean:.3f})")
     return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4), "batch": args.batch,
             "provider": model.provider, "model": str(model.path), "arch": model.meta.arch,
             "threads": args.threads or default_cpu_threads(), "flip_test": model.flip_test,
-            "cuda_graph": model.cuda_graph}
+            "cuda_graph": model.cuda_graph, "half": model.half}
 
 
 def bench(args) -> dict:
@@ -259,12 +259,12 @@ def bench(args) -> dict:
     s = stats.summary(args.warmup)
     model = tracker.model
     print(f"fkp-track: {model.path.name} ({model.meta.arch}) on {tracker.provider}"
-          f"{' with CUDA graphs' if model.cuda_graph else ''}, "
+          f"{' with CUDA graphs' if model.cuda_graph else ''}{', float16' if model.half else ''}, "
           f"detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
     out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
-           "cuda_graph": model.cuda_graph,
+           "cuda_graph": model.cuda_graph, "half": model.half,
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
            "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],

@@ -51,15 +51,20 @@ class GraphRunner:
     batch dimension (``fkp-export`` writes "batch"). ``device``: "cuda" captures CUDA
     graphs; "cpu" binds CPU buffers and runs without graphs (for tests).
     ``provider_options``: more CUDA provider options (strings), e.g. ``{"prefer_nhwc": "1"}``.
+    ``path`` may also be the model's serialized bytes (a converted copy), named in the log as
+    ``name``.
     :meth:`run` returns the outputs in ``output_names`` order for a (N, 1, S, S) float32
     batch, or None when N is past the largest capacity or the GPU path failed once (it then
     stays off, with one warning).
     """
 
-    def __init__(self, path: str | Path, make_options: Callable[[], object], size: int,
+    def __init__(self, path: str | Path | bytes, make_options: Callable[[], object], size: int,
                  output_names: list[str], batch_dim: str = "batch", device: str = "cuda",
-                 device_id: int = 0, provider_options: dict | None = None) -> None:
-        self.path, self.size, self.output_names = str(path), size, list(output_names)
+                 device_id: int = 0, provider_options: dict | None = None,
+                 name: str | None = None) -> None:
+        self.model = path if isinstance(path, bytes) else str(path)
+        self.name = name or ("model" if isinstance(path, bytes) else Path(path).name)
+        self.size, self.output_names = size, list(output_names)
         self.batch_dim = batch_dim
         self.device, self.device_id = device, device_id
         self.provider_options = dict(provider_options or {})
@@ -79,7 +84,7 @@ class GraphRunner:
 
         opts = self._make_options()
         opts.add_free_dimension_override_by_name(self.batch_dim, cap)
-        sess = ort.InferenceSession(self.path, opts, providers=self._providers())
+        sess = ort.InferenceSession(self.model, opts, providers=self._providers())
         dev, did = self.device, self.device_id
         host = np.zeros((cap, 1, self.size, self.size), np.float32)
         x = ort.OrtValue.ortvalue_from_numpy(host, dev, did)
@@ -94,7 +99,7 @@ class GraphRunner:
                 shape, _NUMPY_TYPES.get(o.type, np.float32), dev, did)
             binding.bind_ortvalue_output(name, ov)
             outputs.append(ov)
-        log.info("%s: %s session for batches of up to %d", Path(self.path).name,
+        log.info("%s: %s session for batches of up to %d", self.name,
                  "CUDA-graph" if dev == "cuda" else "bound-buffer", cap)
         return _Slot(sess, binding, host, x, outputs)
 
@@ -118,5 +123,5 @@ class GraphRunner:
             self.failed = True
             self._slots.clear()
             log.warning("CUDA graphs off for %s (%s); using the plain session",
-                        Path(self.path).name, str(exc).splitlines()[0][:200])
+                        self.name, str(exc).splitlines()[0][:200])
             return None

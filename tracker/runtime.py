@@ -142,6 +142,32 @@ def preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
+def half_precision(path: str | os.PathLike) -> bytes:
+    """The model at ``path`` with float16 weights and arithmetic up to its last convolution,
+    serialized; what follows it (the soft-argmax head and the face score), the inputs and
+    the outputs stay float32. For GPUs, where it shortens a ResNet-50 face (``--half``, see
+    the README). Needs the ``onnx`` package (``pip install onnx``); onnxruntime's own
+    converter does the work."""
+    try:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:
+        raise ModelError(f"--half needs the onnx package (pip install onnx): {exc}") from None
+    model = onnx.load(str(path))
+    nodes = list(model.graph.node)
+    last_conv = max((i for i, n in enumerate(nodes) if n.op_type == "Conv"), default=-1)
+    head = [n.name for n in nodes[last_conv + 1:] if n.name]
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=head)
+    # onnxruntime 1.31's converter casts a tensor read by several float32 nodes once per
+    # reader, under one name: the copies are identical, keep one
+    seen: set[bytes] = set()
+    unique = [n for n in half.graph.node
+              if not (n.SerializeToString() in seen or seen.add(n.SerializeToString()))]
+    del half.graph.node[:]
+    half.graph.node.extend(unique)
+    return half.SerializeToString()
+
+
 # onnxruntime's severities (verbose, info, warning, error, fatal) -> logging levels
 ORT_LOG_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 
@@ -218,21 +244,29 @@ class LandmarkModel:
     work for a smaller error (68-point models only). ``cuda_graph``: where the CUDA provider
     runs, replay captured CUDA graphs for batches of up to 16 crops (see
     :mod:`fkp.tracker.cudagraph`; it falls back to the plain session if capture fails).
+    ``half``: run the model's body in float16 (:func:`half_precision`; GPU only, a
+    :class:`ModelError` elsewhere).
     """
 
     def __init__(self, model: str | os.PathLike | None = "auto", device: str = "auto",
                  threads: int | None = None, flip_test: bool = False,
-                 cuda_graph: bool = True) -> None:
+                 cuda_graph: bool = True, half: bool = False) -> None:
         import onnxruntime as ort
 
         providers = select_providers(device)
         gpu_requested = providers[0] != "CPUExecutionProvider"
+        if half and not gpu_requested:
+            raise ModelError("--half runs the model in float16 on a GPU; this onnxruntime "
+                             "has no CUDA provider (or --device cpu was given)")
         self.path = resolve_model(model, "cuda" if gpu_requested else "cpu")
         try:
+            source = half_precision(self.path) if half else str(self.path)
             # onnxruntime prints when a provider fails and it retries with the next
             with stdout_to_log(logging.INFO, "onnxruntime"):
-                self.session = ort.InferenceSession(str(self.path), session_options(threads),
+                self.session = ort.InferenceSession(source, session_options(threads),
                                                     providers=providers)
+        except ModelError:
+            raise
         except Exception as exc:  # onnxruntime raises several types for a bad file
             raise ModelError(f"cannot load {self.path}: {str(exc).splitlines()[0][:200]}") \
                 from None
@@ -240,10 +274,13 @@ class LandmarkModel:
         if device == "cuda" and self.provider == "CPUExecutionProvider":
             raise ModelError("--device cuda: CUDA could not be initialised (no usable GPU); "
                              "use --device cpu")
+        if half and self.provider == "CPUExecutionProvider":
+            raise ModelError("--half: CUDA could not be initialised (no usable GPU)")
         if gpu_requested and self.provider == "CPUExecutionProvider" and model in (None, "", "auto"):
             # GPU listed but unusable: fall back to the CPU default model
             self.__init__(model, "cpu", threads, flip_test, cuda_graph)
             return
+        self.half = half
         try:
             self.meta = read_meta(self.session)
         except MetadataError as exc:
@@ -261,8 +298,8 @@ class LandmarkModel:
         self.graphs: GraphRunner | None = None
         batch_dim = self.session.get_inputs()[0].shape[0]
         if cuda_graph and self.provider == "CUDAExecutionProvider" and isinstance(batch_dim, str):
-            self.graphs = GraphRunner(self.path, lambda: session_options(threads), self.size,
-                                      self.output_names, batch_dim, "cuda")
+            self.graphs = GraphRunner(source, lambda: session_options(threads), self.size,
+                                      self.output_names, batch_dim, "cuda", name=self.path.name)
 
     @property
     def cuda_graph(self) -> bool:
