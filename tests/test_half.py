@@ -62,3 +62,21 @@ def test_half_without_onnx_says_what_to_install(monkeypatch, tiny_model):
     monkeypatch.setattr(builtins, "__import__", no_onnx)
     with pytest.raises(ModelError, match="pip install onnx"):
         half_precision(tiny_model)
+
+
+def test_duplicate_casts_of_an_older_converter_are_dropped(monkeypatch):
+    """onnxruntime 1.31's converter wrote one identical Cast per float32 reader of a tensor,
+    under one name; onnxruntime refuses such a graph (seen on an H200)."""
+    import onnxruntime.transformers.float16 as f16
+
+    real = f16.convert_float_to_float16
+
+    def doubling(model, **kwargs):
+        half = real(model, **kwargs)
+        half.graph.node.extend([n for n in half.graph.node if n.op_type == "Cast"][:1])
+        return half
+    monkeypatch.setattr(f16, "convert_float_to_float16", doubling)
+    half = onnx.load_from_string(half_precision(runtime.weights_dir() / "fastnet.onnx"))
+    names = [n.name for n in half.graph.node]
+    assert len(names) == len(set(names))
+    ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
