@@ -160,11 +160,9 @@ def half_precision(path: str | os.PathLike) -> bytes:
     half = convert_float_to_float16(model, keep_io_types=True, node_block_list=head)
     # onnxruntime 1.31's converter casts a tensor read by several float32 nodes once per
     # reader, under one name: the copies are identical, keep one
-    seen: set[bytes] = set()
-    unique = [n for n in half.graph.node
-              if not (n.SerializeToString() in seen or seen.add(n.SerializeToString()))]
+    unique = list(dict.fromkeys(n.SerializeToString() for n in half.graph.node))
     del half.graph.node[:]
-    half.graph.node.extend(unique)
+    half.graph.node.extend(onnx.NodeProto.FromString(b) for b in unique)
     return half.SerializeToString()
 
 
