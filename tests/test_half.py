@@ -47,6 +47,11 @@ def test_graph_runner_takes_the_converted_bytes():
     assert runner.name == "fastnet.onnx" and not runner.failed
 
 
+def test_half_refuses_an_8_bit_model():
+    with pytest.raises(ModelError, match="quantized"):
+        half_precision(runtime.weights_dir() / "fastnet-int8.onnx")
+
+
 def test_half_is_for_gpus(tiny_model):
     with pytest.raises(ModelError, match="GPU"):
         LandmarkModel(tiny_model, "cpu", half=True)

@@ -155,6 +155,9 @@ def half_precision(path: str | os.PathLike) -> bytes:
         raise ModelError(f"--half needs the onnx package (pip install onnx): {exc}") from None
     model = onnx.load(str(path))
     nodes = list(model.graph.node)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "QLinearConv") for n in nodes):
+        raise ModelError(f"{Path(path).name} is quantized to 8 bits; --half is for float32 "
+                         "models (e.g. resnet50, fastnet)")
     last_conv = max((i for i, n in enumerate(nodes) if n.op_type == "Conv"), default=-1)
     head = [n.name for n in nodes[last_conv + 1:] if n.name]
     half = convert_float_to_float16(model, keep_io_types=True, node_block_list=head)
