@@ -53,8 +53,12 @@ def test_half_refuses_an_8_bit_model():
 
 
 def test_half_is_for_gpus(tiny_model):
+    from fkp.tracker import Tracker
+
     with pytest.raises(ModelError, match="GPU"):
         LandmarkModel(tiny_model, "cpu", half=True)
+    with pytest.raises(ModelError, match="GPU"):
+        Tracker(tiny_model, device="cpu", half=True)
 
 
 def test_half_without_onnx_says_what_to_install(monkeypatch, tiny_model):

@@ -66,9 +66,9 @@ class Tracker:
     """Facial keypoint tracker over a stream of frames.
 
     ``model``: shipped name, path to an ``.onnx``, "auto", or a :class:`LandmarkModel`
-    (which already carries its ``device``, ``threads`` and ``flip_test``; those arguments
-    only build a model from a name or path). It must predict all 68 points, since each
-    crop is placed by the previous ones (a :class:`ModelError` says so otherwise).
+    (which already carries its ``device``, ``threads``, ``flip_test`` and ``half``; those
+    arguments only build a model from a name or path). It must predict all 68 points, since
+    each crop is placed by the previous ones (a :class:`ModelError` says so otherwise).
     ``device``: "auto" | "cpu" | "cuda". ``detector``: None/"haar", a YuNet ``.onnx`` path or
     any :class:`~fkp.tracker.detectors.Detector`. ``smooth``: One Euro strength (0 = off).
     ``redetect_every``: frames between detector runs while tracking (0 = only when needed).
@@ -86,6 +86,7 @@ class Tracker:
     ``scan_gate``: skip a periodic scan when nothing changed outside the tracked faces since
     the last one, and scan at once when something appears between periodic scans (default;
     False scans every ``redetect_every`` frames regardless, and only then).
+    ``half``: on a GPU, the model's body in float16 (see ``LandmarkModel``).
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
@@ -94,11 +95,11 @@ class Tracker:
                  score_threshold: float | None = None, threads: int | None = None,
                  iou_threshold: float = 0.3, async_scan: bool = True,
                  min_detection_score: float | None = None, flip_test: bool = False,
-                 scan_gate: bool = True) -> None:
+                 scan_gate: bool = True, half: bool = False) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
-            LandmarkModel(model, device, threads, flip_test)
+            LandmarkModel(model, device, threads, flip_test, half=half)
         if self.model.meta.num_points != NUM_POINTS:    # each crop is placed by the points
             raise ModelError(f"{self.model.path.name} predicts {self.model.meta.num_points} "
                              f"point(s); tracking places each crop by a face's {NUM_POINTS} "
