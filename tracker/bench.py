@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--always-scan", action="store_true",
                     help="run every periodic scan, also when nothing changed outside the "
                          "tracked faces since the last one (as fkp-track --always-scan)")
+    ap.add_argument("--no-still-hold", action="store_true",
+                    help="no still-face check (as fkp-track --no-still-hold)")
     ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
                     help="detector period while tracking, as in fkp-track (default: 30)")
     ap.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
@@ -246,7 +248,8 @@ def bench(args) -> dict:
             check_writable(p)
     model = model_from_args(args)
     tracker = Tracker(model, detector=args.detector, redetect_every=args.redetect_every,
-                      async_scan=args.async_detect, scan_gate=not args.always_scan)
+                      async_scan=args.async_detect, scan_gate=not args.always_scan,
+                      still_hold=not args.no_still_hold)
     writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
     try:
         stats = run_fkp(args, tracker, writer.write if writer else None)

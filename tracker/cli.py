@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
                    help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
     m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
+    m.add_argument("--no-still-hold", action="store_true",
+                   help="smooth a face that holds still like a moving one (by default its "
+                        "points are smoothed hard while its picture does not change)")
     m.add_argument("--redetect-every", type=int, default=30, metavar="N",
                    help="run the detector every N frames to catch new faces; 0: only when a "
                         "face is lost (default: 30)")
@@ -270,7 +273,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           smooth=0.0 if args.no_smooth else args.smooth,
                           redetect_every=args.redetect_every,
                           max_faces=args.max_faces or (PHOTO_MAX_FACES if photos else 4),
-                          async_scan=async_scan(args, kind), scan_gate=not args.always_scan)
+                          async_scan=async_scan(args, kind), scan_gate=not args.always_scan,
+                          still_hold=not args.no_still_hold)
         if source is None:
             source = open_source(spec, kind, prefetch=args.prefetch, size=args.camera_size)
     except BaseException:

@@ -22,7 +22,8 @@ Per frame:
    live track are ignored; new faces get two passes (the landmark box, then the box of
    those points) and start tracks when they score above the threshold.
 3. Post: per-track One Euro smoothing of the output points, which also place the next crop
-   (``raw_points`` keep the model's own output).
+   (``raw_points`` keep the model's own output), hard while a face's picture holds still
+   (:mod:`~fkp.tracker.stillness`).
 
 ``Tracker.timings`` holds the last frame's milliseconds per stage: ``detect``, ``crop``
 (crop matrices + warps), ``infer`` (onnxruntime), ``post`` (mapping back, scoring, smoothing,
@@ -49,6 +50,7 @@ from .runtime import LandmarkModel, ModelError
 from .results import Face, FrameResult, as_image, empty_points, to_gray
 from .scangate import ArrivalWatch, ChangeGate
 from .smoothing import OneEuroFilter
+from .stillness import StillCheck
 from .tracks import CONVERGED_IOU, Track, alive, drop_converged
 
 if TYPE_CHECKING:
@@ -87,6 +89,8 @@ class Tracker:
     the last one, and scan at once when something appears between periodic scans (default;
     False scans every ``redetect_every`` frames regardless, and only then).
     ``half``: on a GPU, the model's body in float16 (see ``LandmarkModel``).
+    ``still_hold``: smooth a face's points hard while its picture holds still
+    (:mod:`~fkp.tracker.stillness`; default; needs ``smooth`` > 0).
     """
 
     def __init__(self, model: str | Path | LandmarkModel = "auto", device: str = "auto",
@@ -95,7 +99,7 @@ class Tracker:
                  score_threshold: float | None = None, threads: int | None = None,
                  iou_threshold: float = 0.3, async_scan: bool = True,
                  min_detection_score: float | None = None, flip_test: bool = False,
-                 scan_gate: bool = True, half: bool = False) -> None:
+                 scan_gate: bool = True, half: bool = False, still_hold: bool = True) -> None:
         if smooth < 0 or redetect_every < 0 or max_faces < 1:
             raise ValueError("smooth >= 0, redetect_every >= 0 and max_faces >= 1 required")
         self.model = model if isinstance(model, LandmarkModel) else \
@@ -114,7 +118,7 @@ class Tracker:
         self.photo_detector = self.detector.for_photo() \
             if hasattr(self.detector, "for_photo") else self.detector
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
-        self.iou_threshold = iou_threshold
+        self.iou_threshold, self.still_hold = iou_threshold, still_hold
         self.async_scan = async_scan
         self.gate = ChangeGate() if scan_gate else None
         self.arrivals = ArrivalWatch(self.gate, redetect_every) \
@@ -321,6 +325,9 @@ class Tracker:
             else:
                 log.debug("track %d lost (score %.2f)", t.id, s)
         kept = drop_converged(kept)
+        with self._timed("post"):
+            for t in kept:
+                t.observe(image)
         n_lost = len(self._tracks) - len(kept)
         self.stats["tracks_lost"] += n_lost
         self._tracks = kept
@@ -396,7 +403,9 @@ class Tracker:
             if others and iou(box, box_from_points(np.stack(others))).max() > CONVERGED_IOU:
                 continue
             smoother = OneEuroFilter.from_strength(self.smooth) if self.smooth > 0 else None
-            self._tracks.append(Track(self._next_id, p, float(s), smoother))
+            check = StillCheck() if smoother is not None and self.still_hold else None
+            self._tracks.append(Track(self._next_id, p, float(s), smoother, still_check=check))
+            self._tracks[-1].observe(image)   # its picture now: still from the next frame on
             self.stats["tracks_started"] += 1
             log.debug("track %d started (score %.2f)", self._next_id, s)
             self._next_id += 1

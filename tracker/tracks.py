@@ -13,6 +13,7 @@ import numpy as np
 from .detectors import iou
 from .geometry import box_from_points
 from .smoothing import OneEuroFilter
+from .stillness import StillCheck
 
 MIN_BOX_SIDE = 8.0               # px; a smaller landmark box counts as lost
 CONVERGED_IOU = 0.5              # two tracks whose boxes overlap more follow one face
@@ -22,7 +23,9 @@ CONVERGED_IOU = 0.5              # two tracks whose boxes overlap more follow on
 class Track:
     """One face. ``points`` (K, 2): the model's raw points, frame px; ``shown`` (K, 2): the
     last output (smoothed) points, which place the next crop; ``smoother``: its One Euro
-    filter (None: smoothing off); ``age``: frames followed."""
+    filter (None: smoothing off); ``age``: frames followed; ``still_check``: its
+    :class:`~fkp.tracker.stillness.StillCheck` (None: off), whose verdict on the current
+    frame is ``still``."""
 
     id: int
     points: np.ndarray
@@ -30,6 +33,15 @@ class Track:
     smoother: Optional[OneEuroFilter]
     age: int = 0
     shown: Optional[np.ndarray] = None
+    still_check: Optional[StillCheck] = None
+    still: bool = False
+
+    def observe(self, image: np.ndarray) -> None:
+        """Judge, on this frame (BGR or gray), whether the face held still since it last
+        moved (``still``), around the box of its ``points``; without a check it never
+        does."""
+        if self.still_check is not None:
+            self.still = self.still_check.update(image, box_from_points(self.points))
 
     def crop_points(self) -> np.ndarray:
         """(K, 2) points that place the next crop: the shown ones, else the raw ones."""
@@ -41,7 +53,8 @@ class Track:
         if self.smoother is None:
             return self.points
         b = box_from_points(self.points)
-        self.shown = self.smoother(self.points, timestamp_ms, max(b[2] - b[0], b[3] - b[1]))
+        self.shown = self.smoother(self.points, timestamp_ms, max(b[2] - b[0], b[3] - b[1]),
+                                   self.still)
         return self.shown
 
 
