@@ -58,7 +58,8 @@ class StillCheck:
 
     def _fits(self, box: np.ndarray, w: int, h: int) -> bool:
         """Whether the region still frames ``box``: the box, widened by half the pad, lies in
-        it (where the frame allows), and it is not much smaller than the region was made for."""
+        it (where the frame allows) and is at least 0.8 times as wide as the box the region
+        was made around."""
         x0, y0, x1, y1 = (float(v) for v in box)
         px, py = self.pad / 2 * (x1 - x0), self.pad / 2 * (y1 - y0)
         r0, s0, r1, s1 = self._roi
