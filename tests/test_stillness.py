@@ -37,6 +37,21 @@ def test_a_still_face_in_sensor_noise_reads_still(scene):
     assert [check.update(noisy(gray, rng), BOX) for _ in range(3)] == [False, True, True]
 
 
+def test_the_threshold_follows_a_noisy_camera(scene):
+    """Sensor noise of sigma 16 per pixel: the fixed 4 grey levels would read every frame as
+    moving; the threshold rises with the noise floor, so the face reads still, and a 2-px
+    move still reads as one."""
+    rng = np.random.default_rng(6)
+    check = StillCheck()
+    check.update(noisy(scene, rng, 16.0), BOX)
+    verdicts = [check.update(noisy(scene, rng, 16.0), BOX) for _ in range(40)]
+    assert sum(verdicts) >= 36, verdicts
+    assert not check.update(noisy(shifted(scene, 2.0), rng, 16.0), BOX + [2, 0, 2, 0])
+    quiet = StillCheck()                       # the floor is each check's own
+    quiet.update(scene, BOX)
+    assert quiet.update(scene, BOX) and not quiet.update(shifted(scene, 1.0), BOX)
+
+
 def test_a_one_pixel_move_reads_moving_then_still_at_the_new_place(scene):
     rng = np.random.default_rng(1)
     check = StillCheck()
