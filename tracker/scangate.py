@@ -31,6 +31,20 @@ ARRIVAL_RETRIES = 2              # scans after an arrival that found no face: 3 
 ARRIVAL_CHECKS = 10              # arrival checks per periodic scan interval
 
 
+def cell_means(image: np.ndarray, cols: int, rows: int, samples: int | None) -> np.ndarray:
+    """BGR (H, W, 3) or gray (H, W) uint8 -> gray (rows, cols) int16 means of a cols x rows
+    grid of cells. ``samples``: first a bilinear reduction to that many samples per cell
+    edge, whose mean each cell then takes (much cheaper than every pixel for large cells);
+    None averages every pixel."""
+    if samples:
+        image = cv2.resize(image, (cols * samples, rows * samples),
+                           interpolation=cv2.INTER_LINEAR)
+    small = cv2.resize(image, (cols, rows), interpolation=cv2.INTER_AREA)
+    if small.ndim == 3:
+        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+    return small.astype(np.int16)
+
+
 def thumbnail(image: np.ndarray, cell: int) -> np.ndarray:
     """BGR (H, W, 3) or gray (H, W) uint8 -> gray (H // cell, W // cell) int16 cell means.
 
@@ -41,13 +55,7 @@ def thumbnail(image: np.ndarray, cell: int) -> np.ndarray:
     and sensor noise of sigma 4 per pixel leaves a thumbnail difference of sigma 1.06 grey
     levels (0.74 averaging every pixel), 14 sigma below the gate's default ``level``."""
     h, w = image.shape[:2]
-    tw, th = max(1, w // cell), max(1, h // cell)
-    if cell >= 8:
-        image = cv2.resize(image, (tw * 2, th * 2), interpolation=cv2.INTER_LINEAR)
-    small = cv2.resize(image, (tw, th), interpolation=cv2.INTER_AREA)
-    if small.ndim == 3:
-        small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-    return small.astype(np.int16)
+    return cell_means(image, max(1, w // cell), max(1, h // cell), 2 if cell >= 8 else None)
 
 
 class ChangeGate:

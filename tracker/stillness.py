@@ -11,9 +11,10 @@ last moved, the face is *still*, and the tracker smooths its points hard; the fi
 
 Thumbnail: the landmark box widened by ``pad`` on each side, reduced to S x S gray cells,
 S = side // ``min_cell`` clipped to 4..16 (cells of ``min_cell`` px or more, which average
-sensor noise down): a bilinear reduction to 4 x 4 samples per cell, then their mean (for a
-160-px face on a 2-core AVX2 machine, 25 us with the pixels in cache, about 130 us from a
-fresh frame; averaging every pixel took 4x that). Changed: at least ``min_cells`` cells
+sensor noise down): a bilinear reduction to 4 x 4 samples per cell, then their mean
+(:func:`~fkp.tracker.scangate.cell_means`, as the change gate's thumbnail; for a 160-px
+face on a 2-core AVX2 machine, 25 us with the pixels in cache, about 130 us from a fresh
+frame; averaging every pixel took 4x that). Changed: at least ``min_cells`` cells
 differ from the reference by more than ``level`` grey levels. The reference is kept while
 the face is still, so a slow drift adds up until it counts; after a change, the current
 frame becomes the reference (around the new box once the face has left the old region).
@@ -33,8 +34,9 @@ Coordinates: frame pixels; boxes ``(x0, y0, x1, y1)``.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from .scangate import cell_means
 
 MAX_CELLS = 16
 NOISE_UNITS = 14.0   # threshold in units of the noise floor (below): 4.5 sigma of a cell's noise
@@ -59,12 +61,7 @@ class StillCheck:
 
     def _thumb(self, image: np.ndarray) -> np.ndarray:
         x0, y0, x1, y1 = self._roi
-        n = self._cells
-        small = cv2.resize(image[y0:y1, x0:x1], (4 * n, 4 * n), interpolation=cv2.INTER_LINEAR)
-        small = cv2.resize(small, (n, n), interpolation=cv2.INTER_AREA)
-        if small.ndim == 3:
-            small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
-        return small.astype(np.int16)
+        return cell_means(image[y0:y1, x0:x1], self._cells, self._cells, 4)
 
     def _fits(self, box: np.ndarray, w: int, h: int) -> bool:
         """Whether the region still frames ``box``: the box, widened by half the pad, lies in
