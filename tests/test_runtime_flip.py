@@ -73,3 +73,10 @@ def test_flip_test_needs_68_points(tmp_path):
                                                             "point_indices": [30]})
     with pytest.raises(ModelError, match="flip test needs a 68-point model"):
         LandmarkModel(path, "cpu", 1, flip_test=True)
+
+
+def test_describe_names_file_provider_and_the_modes_on(tmp_path):
+    path = make_tiny_model(tmp_path / "tiny.onnx")
+    plain = LandmarkModel(path, "cpu", 1).describe()
+    assert plain.startswith("tiny.onnx (") and plain.endswith(" on CPUExecutionProvider")
+    assert LandmarkModel(path, "cpu", 1, flip_test=True).describe() == plain + " with flip test"

@@ -227,9 +227,7 @@ def bench_inference(args) -> dict:
         model.predict_crops(crop)
         times.append((time.perf_counter() - t0) * 1000.0 / args.batch)
     med, mean = float(np.median(times)), float(np.mean(times))
-    print(f"{model.path.name} ({model.meta.arch}, {s}x{s}) on {model.provider}, threads "
-          f"{args.threads or 'default'}{', flip test' if model.flip_test else ''}"
-          f"{', CUDA graphs' if model.cuda_graph else ''}{', float16' if model.half else ''}: "
+    print(f"{model.describe()}; {s}x{s} crops, threads {args.threads or 'default'}: "
           f"{med:.3f} ms per face (batch {args.batch}, median of {args.runs} calls; mean "
           f"{mean:.3f})")
     return {"infer_ms": round(med, 4), "infer_ms_mean": round(mean, 4), "batch": args.batch,
@@ -261,9 +259,7 @@ def bench(args) -> dict:
         raise ValueError(f"{args.video}: no frames")
     s = stats.summary(args.warmup)
     model = tracker.model
-    print(f"fkp-track: {model.path.name} ({model.meta.arch}) on {tracker.provider}"
-          f"{' with CUDA graphs' if model.cuda_graph else ''}{', float16' if model.half else ''}, "
-          f"detector {type(tracker.detector).__name__}")
+    print(f"fkp-track: {model.describe()}; detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
     out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),

@@ -289,10 +289,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     t_start = time.perf_counter()
     status = 0
     try:
-        print(f"fkp-track: {tracker.model.path.name} ({tracker.model.meta.arch}) on "
-              f"{tracker.provider}{' with CUDA graphs' if model.cuda_graph else ''}"
-              f"{', float16' if model.half else ''}{', flip test' if model.flip_test else ''}; "
-              f"source {source.name} {source.size[0]}x{source.size[1]} "
+        print(f"fkp-track: {tracker.model.describe()}; source {source.name} {source.size[0]}x{source.size[1]} "
               f"@ {source.fps:.3g} fps", file=info, flush=True)
         indices = tracker.model.meta.indices
         if args.csv:

@@ -308,6 +308,15 @@ class LandmarkModel:
         capture)."""
         return self.graphs is not None and not self.graphs.failed
 
+    def describe(self) -> str:
+        """One line for headers: file, arch, the provider that really runs it and the modes
+        on, e.g. ``resnet50.onnx (resnet50-heatmap) on CUDAExecutionProvider with CUDA graphs,
+        float16``."""
+        modes = [m for m, on in (("CUDA graphs", self.cuda_graph), ("float16", self.half),
+                                 ("flip test", self.flip_test)) if on]
+        return (f"{self.path.name} ({self.meta.arch}) on {self.provider}"
+                f"{' with ' + ', '.join(modes) if modes else ''}")
+
     def _check_io(self) -> None:
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         shape = ins[0].shape if len(ins) == 1 else None
