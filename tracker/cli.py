@@ -289,7 +289,8 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     t_start = time.perf_counter()
     status = 0
     try:
-        print(f"fkp-track: {tracker.model.describe()}; source {source.name} {source.size[0]}x{source.size[1]} "
+        w, h = source.size
+        print(f"fkp-track: {tracker.model.describe()}; source {source.name} {w}x{h} "
               f"@ {source.fps:.3g} fps", file=info, flush=True)
         indices = tracker.model.meta.indices
         if args.csv:
