@@ -231,3 +231,30 @@ def test_track_checks():
     t = [Track(i, p, 0.9, None) for i, p in enumerate([face, face + 2, face + 300])]
     assert [x.id for x in drop_converged(t)] == [0, 2]
     assert t[0].output(0.0) is t[0].points and t[0].crop_points() is t[0].points
+
+
+def test_choose_new_and_frame_result():
+    """tracks.choose_new: best first, at most ``room``, not over a live track or a box
+    already chosen; frame_result: empty arrays without tracks, smoothed points otherwise."""
+    from fkp.tracker.tracks import Track, choose_new, frame_result
+    live = np.array([[0.0, 0.0, 100.0, 100.0]])
+    boxes = np.array([[5.0, 5.0, 100.0, 100.0],          # on the live track
+                      [200.0, 0.0, 300.0, 100.0],
+                      [205.0, 5.0, 300.0, 100.0],        # on the one chosen just before
+                      [400.0, 0.0, 500.0, 100.0],
+                      [0.0, 200.0, 100.0, 300.0]])
+    assert choose_new(boxes, live, 0.3, 4).tolist() == boxes[[1, 3, 4]].tolist()
+    assert choose_new(boxes, live, 0.3, 2).tolist() == boxes[[1, 3]].tolist()
+    assert choose_new(boxes, np.zeros((0, 4)), 0.3, 9).tolist() == boxes[[0, 1, 3, 4]].tolist()
+    assert choose_new(boxes[:0], live, 0.3, 2).shape == (0, 4)
+    r = frame_result([], 3, 40.0, 68, False)
+    assert r.points.shape == (0, 68, 2) and r.ids.shape == (0,) and r.boxes.shape == (0, 4)
+    face = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 150.0]])
+    gray = np.zeros((240, 320), np.uint8)
+    t = Track.start(7, face, 0.8, gray, smooth=1.0, still_hold=True)
+    assert t.smoother is not None and t.still_check is not None
+    r = frame_result([t], 3, 40.0, 3, True)
+    assert r.ids.tolist() == [7] and r.detected and r.scores.tolist() == [0.8]
+    assert np.allclose(r.points[0], face) and r.raw_points[0] is not r.points[0]
+    assert r.boxes[0].tolist() == [100.0, 100.0, 140.0, 150.0]
+    assert Track.start(8, face, 0.8, gray, smooth=0.0, still_hold=True).still_check is None

@@ -43,7 +43,15 @@ def test_graph_runner_takes_the_converted_bytes():
     got = runner.run(x)
     want = plain.run(names, {plain.get_inputs()[0].name: x})
     for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, atol=1e-5)
+        # the same graph; with its batch fixed, onnxruntime may round an output one float16
+        # step differently (seen on an AVX-512 CPU, session 19)
+        step = np.spacing(np.abs(w).astype(np.float16)).astype(np.float32)
+        assert (np.abs(g - w) <= step).all(), np.abs(g - w).max()
+    # float16 arithmetic to the end: the points are float16 values, so it ran the copy
+    assert np.array_equal(got[0], got[0].astype(np.float16).astype(np.float32))
+    full = LandmarkModel("fastnet", "cpu")
+    f32 = full.session.run(full.output_names, {full.input_name: x})[0]
+    assert not np.array_equal(f32, f32.astype(np.float16).astype(np.float32))
     assert runner.name == "fastnet.onnx" and not runner.failed
 
 

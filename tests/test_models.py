@@ -105,3 +105,68 @@ def test_nme_loss_is_the_evaluation_metric_with_an_iod_floor():
                - err / IOD_FLOOR) < 1e-9
     with pytest.raises(ValueError, match="68 points"):
         coord_loss(torch.zeros(2, 1, 2), torch.zeros(2, 1, 2), "nme")
+
+
+def _gaussian_heatmap(grid: torch.Tensor, centre: tuple[float, float], sx: float, sy: float,
+                      angle: float = 0.0) -> torch.Tensor:
+    """(1, 1, h, h) normalised Gaussian with spreads sx, sy (crop widths) along axes turned
+    by ``angle`` radians."""
+    import math
+
+    c, s = math.cos(angle), math.sin(angle)
+    gy, gx = torch.meshgrid(grid, grid, indexing="ij")
+    dx, dy = gx - centre[0], gy - centre[1]
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    g = torch.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)).double()
+    return (g / g.sum())[None, None]
+
+
+def test_star_loss_divides_each_error_by_the_spread_along_its_axis():
+    """STAR (``--loss star``): the covariance is the heatmap's; an error along the long axis
+    of an elongated heatmap costs a third of the same error across it (spreads 3:1), at any
+    orientation; for a heatmap of the target's own spread the error part is L1-sized."""
+    import math
+
+    from fkp.train.losses import STAR_EIGEN_WEIGHT, heatmap_covariance, star_loss
+    from fkp.train.models.heads import cell_centres
+
+    grid = cell_centres(160, 4).double()                   # 40 cells, step 0.025
+    step = float(grid[1] - grid[0])
+    centre = (float(grid[20]), float(grid[20]))
+    mean = torch.tensor([[centre]], dtype=torch.float64)
+    prob = _gaussian_heatmap(grid, centre, 3 * step, step, angle=math.pi / 6)
+    cov = heatmap_covariance(prob, mean, grid)[0, 0].numpy()
+    axis = [math.cos(math.pi / 6), math.sin(math.pi / 6)]
+    assert abs(axis @ cov @ axis - (3 * step) ** 2) < 1e-3 * step ** 2
+    assert abs(cov.trace() - 10 * step ** 2) < 1e-3 * step ** 2
+
+    def error_part(p, offset):
+        target = mean - torch.tensor(offset, dtype=torch.float64)
+        spread_part = STAR_EIGEN_WEIGHT * step * float(torch.diagonal(
+            heatmap_covariance(p, mean, grid)[0, 0]).sum()) / 2
+        return float(star_loss(p, mean, target, grid)) - spread_part
+
+    e = 0.01
+    along = error_part(prob, [[[e * axis[0], e * axis[1]]]])
+    across = error_part(prob, [[[-e * axis[1], e * axis[0]]]])
+    assert abs(along / across - 1 / 3) < 1e-3
+    assert abs(across - e / 2) < 1e-4                      # mean over the two axes
+    # a round heatmap has no axes of its own: the L1 of the error in some turned frame
+    round_ = _gaussian_heatmap(grid, centre, step, step)
+    assert e / 2 - 1e-4 < error_part(round_, [[[e, 0.0]]]) < e / 2 ** 0.5 + 1e-4
+
+
+def test_star_loss_gradient_is_finite_for_a_round_heatmap():
+    """Both spreads equal (the axes are undefined): the loss still gives finite gradients."""
+    from fkp.train.losses import star_loss, total_loss
+    from fkp.train.models.heads import cell_centres
+
+    grid = cell_centres(64, 4)
+    logits = torch.zeros(2, 3, 16, 16, requires_grad=True)
+    prob = torch.softmax(logits.flatten(2), -1).view_as(logits)
+    pred = torch.stack([(prob.sum(2) * grid).sum(-1), (prob.sum(3) * grid).sum(-1)], -1)
+    loss = star_loss(prob, pred, torch.full((2, 3, 2), 0.3), grid)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="heatmap"):
+        total_loss({"points": pred}, torch.zeros(2, 3, 2), "star", 64, grid=grid)

@@ -314,6 +314,38 @@ def test_label_noise_recovers_the_noise_of_labels_around_a_perfect_prediction():
         label_noise(labels[:, 30:31], labels, np.array(groups))
 
 
+def test_point_bias_finds_a_fixed_offset_in_the_face_frame():
+    """Faces turned and scaled at random, predicted with a fixed offset of one point in the
+    face's own frame plus noise: point_bias finds the offset there, and the NME without it
+    is the noise's alone."""
+    from conftest import template_shape
+    from fkp.tracker.evaluate import point_bias
+    from fkp.tracker.landmarks import interocular, nme
+    from fkp.tracker.runtime import ModelError
+
+    rng = np.random.default_rng(1)
+    truth, pred, noise_only = [], [], []
+    for _ in range(400):
+        a, s = rng.uniform(-0.5, 0.5), rng.uniform(100, 300)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        t = template_shape() @ rot.T * s + rng.uniform(0, 300, 2)
+        iod = interocular(t[None])[0]
+        noise = rng.normal(0, 0.01 * iod, (68, 2))
+        offset = np.zeros((68, 2))
+        offset[8] = rot @ np.array([0.0, 0.05]) * iod       # chin 5 % of IOD down the face
+        truth.append(t), pred.append(t + noise + offset), noise_only.append(t + noise)
+    truth, pred = np.stack(truth), np.stack(pred)
+    res = point_bias(pred, truth)
+    assert res["point_bias_worst"] == 8
+    assert res["point_bias_max"] == pytest.approx(5.0, abs=0.15)
+    assert res["point_bias_mean"] < 5.0 / 68 + 0.15
+    assert res["nme_unbiased"] == pytest.approx(nme(np.stack(noise_only), truth).mean(),
+                                                abs=0.02)
+    assert nme(pred, truth).mean() > res["nme_unbiased"] + 0.03
+    with pytest.raises(ModelError, match="68-point"):
+        point_bias(pred[:, :5], truth)
+
+
 def test_eval_label_noise_reports_in_the_json_line(tmp_path):
     data, shapes = write_folder(tmp_path / "d", n=6, people=3)
     norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32

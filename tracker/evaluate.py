@@ -118,12 +118,18 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
 def _face_frame(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Points (N, 68, 2) in image pixels -> the frame of the reference shapes ``ref`` (N, 68,
     2): origin at the points' own mean, x along ref's eye axis (36 -> 45), % of ref's IOD."""
+    rot, iod = _eye_axes(ref)
+    return 100 * np.einsum("nij,nkj->nki", rot, points - points.mean(1, keepdims=True)) \
+        / iod[:, None, None]
+
+
+def _eye_axes(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2, 2) rotations onto the eye axis (36 -> 45) of shapes ``ref`` (N, 68, 2) and
+    their IOD (N,)."""
     e = ref[:, RIGHT_EYE_OUTER] - ref[:, LEFT_EYE_OUTER]
     iod = interocular(ref)
     c, s = e[:, 0] / iod, e[:, 1] / iod
-    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
-    return 100 * np.einsum("nij,nkj->nki", rot, points - points.mean(1, keepdims=True)) \
-        / iod[:, None, None]
+    return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1), iod
 
 
 def label_noise(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray,
@@ -160,6 +166,25 @@ def label_noise(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray,
     rms = float(np.sqrt(max((d_t[keep] - d_p[keep]).mean() / 2, 0.0)))
     return {"noise_pairs": int(len(keep)), "label_noise_rms": rms,
             "nme_floor": rms * float(np.sqrt(np.pi / 2))}
+
+
+def point_bias(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """The systematic part of a model's error: each point's mean signed error (K, 2) in the
+    frame of its face (x along the label's eye axis 36 -> 45, % of its IOD), from ``pred``
+    and ``truth`` (N, 68, 2) image pixels. Returns ``point_bias_mean`` / ``point_bias_max``
+    (length of that mean error, averaged over the points / the largest), ``point_bias_worst``
+    (the point with the largest) and ``nme_unbiased``: the NME with each point's mean error
+    subtracted (an oracle correction fitted on the faces it is scored on; what a fixed
+    per-point correction could at best gain)."""
+    if pred.shape[1:] != (NUM_POINTS, 2):
+        raise ModelError(f"--point-bias needs a {NUM_POINTS}-point model")
+    rot, iod = _eye_axes(truth)
+    err = 100 * np.einsum("nij,nkj->nki", rot, pred - truth) / iod[:, None, None]
+    bias = err.mean(axis=0)                                                # (68, 2)
+    size = np.linalg.norm(bias, axis=-1)
+    return {"point_bias_mean": float(size.mean()), "point_bias_max": float(size.max()),
+            "point_bias_worst": int(size.argmax()),
+            "nme_unbiased": float(np.linalg.norm(err - bias, axis=-1).mean())}
 
 
 def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
@@ -279,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
                         "(youtube-faces-68 style data) and the NME it alone would cost a "
                         "perfect predictor; meaningful with an accurate model only (see "
                         "fkp.tracker.evaluate.label_noise)")
+    p.add_argument("--point-bias", action="store_true",
+                   help="also report the systematic part of the error: each point's mean "
+                        "signed error in the face's frame, and the NME with it subtracted "
+                        "(see fkp.tracker.evaluate.point_bias)")
     p.add_argument("--from-detector", action="store_true",
                    help="find each face as fkp-track does in a photo (the detector on the "
                         "whole image) instead of cropping it from the box of its labels: "
@@ -295,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="the split's held-out fraction, as given to fkp-train (default 0.1)")
     args = p.parse_args(argv)
     if args.from_detector and (len(args.model or []) > 1 or args.label_noise
-                               or args.mirror_bias):
-        p.error("--from-detector takes one --model and neither --label-noise nor "
-                "--mirror-bias")
+                               or args.mirror_bias or args.point_bias):
+        p.error("--from-detector takes one --model and none of --label-noise, "
+                "--mirror-bias, --point-bias")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     results: dict[str, dict] = {}
     unroute_onnxruntime = route_onnxruntime_log()
@@ -331,6 +360,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"alike); a perfect predictor would score NME about "
                           f"{res['nme_floor']:.2f} %",
                           flush=True)
+                if args.point_bias:
+                    res.update(point_bias(res["points"], res["truth"]))
+                    print(f"point bias: {res['point_bias_mean']:.2f} % of IOD on average "
+                          f"(largest {res['point_bias_max']:.2f} %, point "
+                          f"{res['point_bias_worst']}); NME without it "
+                          f"{res['nme_unbiased']:.2f} %", flush=True)
                 key = model.path.name if model.path.name not in results else str(model.path)
                 results[key] = res
         label = "+".join(results)
@@ -351,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
            for k, v in res.items()
            if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",
                     "label_offset_x_px", "members", "disagreement", "label_noise_rms",
-                    "nme_floor", "noise_pairs", "detected")}
+                    "nme_floor", "noise_pairs", "detected", "point_bias_mean",
+                    "point_bias_max", "point_bias_worst", "nme_unbiased")}
     print(json.dumps({**out, "model": label}))
     return 0
 

@@ -47,11 +47,9 @@ from .detectors import Detector, iou, make_detector
 from .geometry import apply_affine, box_from_points, eye_roll, invert_affine
 from .landmarks import NUM_POINTS
 from .runtime import LandmarkModel, ModelError
-from .results import Face, FrameResult, as_image, empty_points, to_gray
+from .results import Face, FrameResult, as_image, to_gray
 from .scangate import ArrivalWatch, ChangeGate
-from .smoothing import OneEuroFilter
-from .stillness import StillCheck
-from .tracks import CONVERGED_IOU, Track, alive, drop_converged
+from .tracks import CONVERGED_IOU, Track, alive, choose_new, drop_converged, frame_result
 
 if TYPE_CHECKING:
     from .sources import Frame
@@ -273,7 +271,8 @@ class Tracker:
                 self.stats["detections"] += 1
 
         with self._timed("post"):
-            result = self._result(int(index), float(timestamp_ms), detected)
+            result = frame_result(self._tracks, int(index), float(timestamp_ms),
+                                  self.num_points, detected)
         self.timings["total"] = (time.perf_counter() - t_start) * 1000.0
         return result
 
@@ -381,46 +380,21 @@ class Tracker:
         dets = dets[dets[:, 4] >= self.min_detection_score]
         if not len(dets) or room <= 0:
             return
-        boxes = self.detector.to_landmark_box(dets[:, :4])
-        live = self._boxes()
-        chosen: list[np.ndarray] = []
-        for b in boxes:                       # best first; skip tracked or duplicate boxes
-            others = np.vstack([live] + [c[None] for c in chosen])
-            if len(others) and iou(b[None], others).max() >= self.iou_threshold:
-                continue
-            chosen.append(b)
-            if len(chosen) == room:
-                break
-        if not chosen:
+        chosen = choose_new(self.detector.to_landmark_box(dets[:, :4]), self._boxes(),
+                            self.iou_threshold, room)
+        if not len(chosen):
             return
-        pts, _ = self._infer(image, np.stack(chosen), np.zeros(len(chosen)))
+        pts, _ = self._infer(image, chosen, np.zeros(len(chosen)))
         pts, scores = self._infer(image, box_from_points(pts), self._rolls(pts))
         for p, s, ok in zip(pts, scores, alive(pts, scores, self.score_threshold, w, h)):
-            if not ok:
-                continue
-            box = box_from_points(p)[None]
             others = [t.points for t in self._tracks]
-            if others and iou(box, box_from_points(np.stack(others))).max() > CONVERGED_IOU:
+            if not ok or others and iou(box_from_points(p)[None], box_from_points(
+                    np.stack(others))).max() > CONVERGED_IOU:
                 continue
-            smoother = OneEuroFilter.from_strength(self.smooth) if self.smooth > 0 else None
-            check = StillCheck() if smoother is not None and self.still_hold else None
-            self._tracks.append(Track(self._next_id, p, float(s), smoother, still_check=check))
-            self._tracks[-1].observe(image)   # its picture now: still from the next frame on
+            self._tracks.append(Track.start(self._next_id, p, float(s), image, self.smooth,
+                                            self.still_hold))
             self.stats["tracks_started"] += 1
             log.debug("track %d started (score %.2f)", self._next_id, s)
             self._next_id += 1
             if self.arrivals is not None:
                 self.arrivals.found()
-
-    def _result(self, index: int, timestamp_ms: float, detected: bool) -> FrameResult:
-        k = self.num_points
-        if not self._tracks:
-            return FrameResult(index, timestamp_ms, points=empty_points(k),
-                               raw_points=empty_points(k), detected=detected)
-        raw = np.stack([t.points for t in self._tracks])
-        out = np.stack([t.output(timestamp_ms) for t in self._tracks])
-        return FrameResult(index, timestamp_ms,
-                           ids=np.array([t.id for t in self._tracks], np.int64),
-                           points=out, raw_points=raw,
-                           scores=np.array([t.score for t in self._tracks], np.float64),
-                           boxes=box_from_points(out), detected=detected)

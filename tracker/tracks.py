@@ -1,7 +1,9 @@
 """Tracks: faces followed from frame to frame, and the per-frame checks on them.
 
 A :class:`Track` holds one face's points in frame pixels; :func:`alive` decides which tracks
-survive a frame and :func:`drop_converged` removes tracks that ended up on the same face.
+survive a frame, :func:`drop_converged` removes tracks that ended up on the same face,
+:func:`choose_new` picks the detections that may start tracks and :func:`frame_result` turns
+the live tracks into a frame's :class:`~fkp.tracker.results.FrameResult`.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 
 from .detectors import iou
 from .geometry import box_from_points
+from .results import FrameResult, empty_points
 from .smoothing import OneEuroFilter
 from .stillness import StillCheck
 
@@ -35,6 +38,17 @@ class Track:
     shown: Optional[np.ndarray] = None
     still_check: Optional[StillCheck] = None
     still: bool = False
+
+    @classmethod
+    def start(cls, id: int, points: np.ndarray, score: float, image: np.ndarray,
+              smooth: float, still_hold: bool) -> "Track":
+        """A new track on ``image``: One Euro smoothing of strength ``smooth`` (0 = off) and,
+        with smoothing and ``still_hold``, a still check that starts from this picture."""
+        smoother = OneEuroFilter.from_strength(smooth) if smooth > 0 else None
+        check = StillCheck() if smoother is not None and still_hold else None
+        track = cls(id, points, score, smoother, still_check=check)
+        track.observe(image)                # its picture now: still from the next frame on
+        return track
 
     def observe(self, image: np.ndarray) -> None:
         """Judge, on this frame (BGR or gray), whether the face held still since it last
@@ -80,3 +94,33 @@ def drop_converged(tracks: list[Track]) -> list[Track]:
     drop = {j for i in range(len(tracks)) for j in range(i + 1, len(tracks))
             if ov[i, j] > CONVERGED_IOU}
     return [t for j, t in enumerate(tracks) if j not in drop]
+
+
+def choose_new(boxes: np.ndarray, live: np.ndarray, iou_threshold: float, room: int
+               ) -> np.ndarray:
+    """(M, 4) of the landmark boxes ``boxes`` (best first, frame px) that may start tracks:
+    at most ``room``, none overlapping a live track's box (``live`` (N, 4)) or a box chosen
+    before it by IoU >= ``iou_threshold``."""
+    chosen: list[np.ndarray] = []
+    for b in boxes:
+        others = np.vstack([live.reshape(-1, 4)] + [c[None] for c in chosen])
+        if len(others) and iou(b[None], others).max() >= iou_threshold:
+            continue
+        chosen.append(b)
+        if len(chosen) >= room:
+            break
+    return np.array(chosen, np.float64).reshape(-1, 4)
+
+
+def frame_result(tracks: list[Track], index: int, timestamp_ms: float, num_points: int,
+                 detected: bool) -> FrameResult:
+    """The frame's result from the live ``tracks``: their output (smoothed) points, raw
+    points, ids, scores and the boxes of the output points; empty arrays without tracks."""
+    if not tracks:
+        return FrameResult(index, timestamp_ms, points=empty_points(num_points),
+                           raw_points=empty_points(num_points), detected=detected)
+    out = np.stack([t.output(timestamp_ms) for t in tracks])
+    return FrameResult(index, timestamp_ms, ids=np.array([t.id for t in tracks], np.int64),
+                       points=out, raw_points=np.stack([t.points for t in tracks]),
+                       scores=np.array([t.score for t in tracks], np.float64),
+                       boxes=box_from_points(out), detected=detected)

@@ -47,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--loss", choices=LOSSES, default="l1",
                    help="point loss: l1 (default), mse, wing (Feng et al. 2018), or nme: each "
                         "point's distance over the face's outer-eye-corner distance, the "
-                        "reported metric itself (68-point nets)")
+                        "reported metric itself (68-point nets), or star (Zhou et al. 2023, "
+                        "heatmap nets): each error split along its heatmap's principal axes "
+                        "and divided by the spread there, so errors along a contour, where "
+                        "labels scatter, cost less")
     p.add_argument("--heatmap-weight", type=float, default=1.0,
                    help="weight of the heatmap regulariser (heatmap models only)")
     p.add_argument("--margin", type=float, default=0.25, help="crop margin around the point box")

@@ -100,6 +100,9 @@ class Trainer:
         if args.loss == "nme" and len(idx) != NUM_POINTS:
             raise ValueError(f"--loss nme needs a {NUM_POINTS}-point network; {args.arch!r} "
                              f"predicts {len(idx)}")
+        if args.loss == "star" and getattr(self.model, "grid", None) is None:
+            raise ValueError(f"--loss star needs a heatmap network; {args.arch!r} regresses "
+                             "its points")
         tr_img = [im for s in self.splits for im in s.train_images]
         tr_pts = np.stack([p for s in self.splits for p in s.train_points])
         offsets = parse_label_offsets(args.label_offset, len(self.splits))
