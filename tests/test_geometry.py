@@ -69,15 +69,18 @@ def _marked_image():
     return img, pts
 
 
-def _marks_found_through_augmentation(offset: np.ndarray, seed: int) -> None:
+def _marks_found_through_augmentation(offset: np.ndarray, seed: int, warp: float = 0.0,
+                                      size: int = 160) -> None:
     """Labels = marks + ``offset`` (a label convention offset, image px): over 40 augmented
-    samples, each target minus the unmirrored offset lands on its mark (flips included)."""
+    samples, each target minus the unmirrored offset lands on its mark (flips included).
+    With ``warp`` the crop is interpolated twice: a ``size`` that keeps the marks several
+    pixels wide keeps their centres at their own grey level."""
     from fkp.train.dataset import AugmentConfig, FaceDataset
 
     img, pts = _marked_image()
     aug = AugmentConfig(flip=0.5, rotation=30, brightness=0, contrast=0, saturation=0, hue=0,
-                        blur=0, noise=0)
-    ds = FaceDataset([img], (pts + offset)[None], 160, 0.25, augment=aug, seed=seed,
+                        blur=0, noise=0, warp=warp, warp_strength=0.02)
+    ds = FaceDataset([img], (pts + offset)[None], size, 0.25, augment=aug, seed=seed,
                      label_offset=offset)
     flipped = checked = 0
     for _ in range(40):
@@ -88,7 +91,7 @@ def _marks_found_through_augmentation(offset: np.ndarray, seed: int) -> None:
         marks = out - lin @ offset
         src = FLIP_PERM if flip else np.arange(68)
         for k, (x, y) in enumerate(np.round(marks).astype(int)):
-            if 0 <= x < 160 and 0 <= y < 160:
+            if 0 <= x < size and 0 <= y < size:
                 assert abs(int(gray[y, x]) - (40 + 3 * src[k])) <= 1, (k, flip)
                 checked += 1
     assert 0 < flipped < 40 and checked > 40 * 60
@@ -97,6 +100,22 @@ def _marks_found_through_augmentation(offset: np.ndarray, seed: int) -> None:
 def test_points_follow_pixels_through_every_augmentation():
     """Marks drawn at the points are found where the transformed points say, flips included."""
     _marks_found_through_augmentation(np.zeros(2), seed=3)
+
+
+def test_points_follow_pixels_through_the_random_warp():
+    """--aug warp=1: every crop is also warped smoothly (up to 6.4 px here); the marks are
+    still found where the points say, and the warp did move them off the affine map."""
+    _marks_found_through_augmentation(np.zeros(2), seed=4, warp=1.0, size=320)
+    from fkp.train.dataset import AugmentConfig, FaceDataset
+
+    img, pts = _marked_image()
+    plain = AugmentConfig(enabled=False)
+    warped = AugmentConfig(flip=0, rotation=0, shift=0, scale=(1, 1), aspect=0, brightness=0,
+                           contrast=0, saturation=0, hue=0, blur=0, noise=0, warp=1.0)
+    _, p0, _ = FaceDataset([img], pts[None], 160, 0.25, augment=plain).sample(0)
+    _, p1, _ = FaceDataset([img], pts[None], 160, 0.25, augment=warped, seed=2).sample(0)
+    moved = np.linalg.norm(p1 - p0, axis=1)
+    assert 0.5 < moved.max() <= 0.03 * 160 * 2 ** 0.5 and moved.mean() > 0.3
 
 
 def test_label_offset_stays_in_image_axes_under_the_mirror():

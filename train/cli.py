@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "shift=0.08 scale=0.9:1.12 aspect=0.08 rotation=25 (degrees) "
                         "brightness=0.3 contrast=0.3 saturation=0.4 hue=10 noise=4 (the "
                         "defaults); probabilities: flip=0.5 blur=0.15 jpeg=0 (a JPEG round "
-                        "trip of the crop at jpeg_quality=30:90, as compressed video)")
+                        "trip of the crop at jpeg_quality=30:90, as compressed video) warp=0 "
+                        "(a smooth random warp of face and points, displacements up to "
+                        "warp_strength=0.03 of the crop side: faces of new shapes)")
     p.add_argument("--occlusion", type=float, default=0.0, metavar="P",
                    help="probability of painting a random rectangle over a training crop "
                         "(robustness to hands and objects; default 0 = off)")

@@ -47,6 +47,8 @@ class AugmentConfig:
     occlusion_size: tuple[float, float] = (0.15, 0.45)   # its sides, fraction of the crop
     jpeg: float = 0.0          # probability of a JPEG round trip (compressed video, webcams)
     jpeg_quality: tuple[float, float] = (30.0, 90.0)     # its quality range (1-100)
+    warp: float = 0.0          # probability of a smooth random warp of the face (new shapes)
+    warp_strength: float = 0.03   # its largest displacement, fraction of the crop side
 
     def override(self, items: list[str]) -> "AugmentConfig":
         """A copy with ``NAME=VALUE`` items applied (``fkp-train --aug``): numbers for the
@@ -78,12 +80,28 @@ class AugmentConfig:
                 need = ("0 < LO <= HI" if name == "scale" else "0 <= LO <= HI") if pair \
                     else "a value >= 0"
                 raise ValueError(f"augmentation {item!r}: {name} needs {need}")
-            if name in ("flip", "blur", "occlusion", "jpeg") and hi > 1:
+            if name in ("flip", "blur", "occlusion", "jpeg", "warp") and hi > 1:
                 raise ValueError(f"augmentation {item!r}: {name} is a probability (0-1)")
             if name == "jpeg_quality" and not 1 <= lo <= hi <= 100:
                 raise ValueError(f"augmentation {item!r}: {name} needs 1 <= LO <= HI <= 100")
             changes[name] = value
         return replace(self, **changes)
+
+
+WARP_GRID = 4     # control points per side of the random warp's displacement grid
+
+
+def bilinear(field: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Values of ``field`` (H, W, C), pixel centres at integers, at points (K, 2) (x, y),
+    bilinearly interpolated, clamped at the edges -> (K, C)."""
+    h, w = field.shape[:2]
+    x = np.clip(pts[:, 0], 0, w - 1)
+    y = np.clip(pts[:, 1], 0, h - 1)
+    x0 = np.minimum(np.floor(x).astype(int), w - 2)
+    y0 = np.minimum(np.floor(y).astype(int), h - 2)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    return ((1 - fy) * ((1 - fx) * field[y0, x0] + fx * field[y0, x0 + 1])
+            + fy * ((1 - fx) * field[y0 + 1, x0] + fx * field[y0 + 1, x0 + 1]))
 
 
 def normalise(gray: np.ndarray, scale: float = 1 / 255.0, offset: float = -0.5) -> np.ndarray:
@@ -173,6 +191,25 @@ class FaceDataset(Dataset):
         else:
             g[y:y + h, x:x + w] = r.normal(r.uniform(40, 215), r.uniform(5, 40), (h, w))
 
+    def warp(self, crop: np.ndarray, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A smooth random warp of the crop (S, S[, 3]) and its points (K, 2), crop pixels:
+        displacements drawn on a WARP_GRID x WARP_GRID grid (uniform, up to
+        ``warp_strength`` of the side), upsampled bicubically to a field d; the output pixel
+        p shows the input at p + d(p), so a point q moves to the p with p + d(p) = q (found
+        by fixed-point iteration; d is smooth and small). Faces of new shapes, beyond the
+        people in the data."""
+        s, r = self.size, self.rng
+        amp = self.aug.warp_strength * s
+        grid = r.uniform(-amp, amp, (WARP_GRID, WARP_GRID, 2)).astype(np.float32)
+        field = cv2.resize(grid, (s, s), interpolation=cv2.INTER_CUBIC)       # (S, S, 2)
+        ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+        out = cv2.remap(crop, xs + field[..., 0], ys + field[..., 1], cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REPLICATE)
+        p = pts.astype(np.float64)
+        for _ in range(8):
+            p = pts - bilinear(field, p)
+        return out, p
+
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(gray crop (S, S) uint8, points (68, 2) crop pixels, matrix (2, 3))."""
         m, flip = self.matrix(i)
@@ -185,6 +222,8 @@ class FaceDataset(Dataset):
             pts = (apply_affine(self.points[i] - off, m) + unmirrored @ off)[FLIP_PERM]
         else:
             pts = apply_affine(self.points[i], m)
+        if self.aug.enabled and self.aug.warp > 0 and self.rng.random() < self.aug.warp:
+            crop, pts = self.warp(crop, pts)                # (off: the RNG stream as before)
         return self.photometric(crop), pts.astype(np.float32), m
 
     def __getitem__(self, i: int):
