@@ -32,6 +32,9 @@ def test_batched_inverse_matches_single():
     inv = invert_affine(ms)
     for m, i in zip(ms, inv):
         assert np.allclose(i, invert_affine(m))
+    assert invert_affine(ms[:0]).shape == (0, 2, 3)
+    with pytest.raises(np.linalg.LinAlgError):
+        invert_affine(np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 5.0]]))
 
 
 def test_roll_angle_makes_crop_upright():
