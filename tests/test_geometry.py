@@ -269,6 +269,7 @@ def test_choose_new_and_frame_result():
     assert choose_new(boxes, live, 0.3, 2).tolist() == boxes[[1, 3]].tolist()
     assert choose_new(boxes, np.zeros((0, 4)), 0.3, 9).tolist() == boxes[[0, 1, 3, 4]].tolist()
     assert choose_new(boxes[:0], live, 0.3, 2).shape == (0, 4)
+    assert choose_new(boxes, live, 0.3, 0).shape == (0, 4)
     r = frame_result([], 3, 40.0, 68, False)
     assert r.points.shape == (0, 68, 2) and r.ids.shape == (0,) and r.boxes.shape == (0, 4)
     face = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 150.0]])

@@ -142,6 +142,20 @@ def test_train_nme_loss_runs_and_needs_68_points(tmp_path):
     assert np.isfinite(hist["history"][0]["train_loss"])
 
 
+def test_train_star_loss_runs_and_needs_heatmaps(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=6, people=3)
+    common = ["--data", str(data), "--input-size", "64", "--epochs", "1", "--batch", "2",
+              "--max-steps", "2", "--val-fraction", "0.34", "--loss", "star"]
+    p = run("fkp.train.cli", "--arch", "simple", "--out", str(tmp_path / "s"), *common,
+            check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        "fkp-train: error: --loss star needs a heatmap network; 'simple' regresses its points")
+    run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "f"), *common)
+    hist = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert np.isfinite(hist["history"][0]["train_loss"])
+
+
 def test_train_bad_dataset_is_one_line(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4)
     (data / "images" / "Person_1_01.jpg").write_bytes(b"garbage")

@@ -102,7 +102,7 @@ def choose_new(boxes: np.ndarray, live: np.ndarray, iou_threshold: float, room: 
     at most ``room``, none overlapping a live track's box (``live`` (N, 4)) or a box chosen
     before it by IoU >= ``iou_threshold``."""
     chosen: list[np.ndarray] = []
-    for b in boxes:
+    for b in boxes if room > 0 else ():
         others = np.vstack([live.reshape(-1, 4)] + [c[None] for c in chosen])
         if len(others) and iou(b[None], others).max() >= iou_threshold:
             continue

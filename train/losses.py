@@ -77,7 +77,8 @@ def star_loss(prob: torch.Tensor, pred: torch.Tensor, target: torch.Tensor,
     spreads along them (``u^T S u``) and the errors carry it.
 
     Scaled by the target Gaussian's spread ``sigma`` cells, so that for a heatmap of exactly
-    that shape the first part equals the ``l1`` loss (same units: normalised crop widths).
+    that shape the first part is the ``l1`` loss taken along the heatmap's axes (same units:
+    normalised crop widths).
     """
     cov = heatmap_covariance(prob, pred, grid)
     with torch.no_grad():
