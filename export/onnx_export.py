@@ -126,7 +126,8 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
     tmp = out.with_name(out.name + ".tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Graph(copy.deepcopy(model)), (x,), str(tmp), input_names=["image"], output_names=names,
+        torch.onnx.export(Graph(copy.deepcopy(model)), (x,), str(tmp), input_names=["image"],
+                          output_names=names,
                           dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                           opset_version=17, dynamo=False)
     proto = onnx.load(str(tmp))

@@ -128,29 +128,19 @@ def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path):
                                 "(use --device cpu)")
 
 
-def test_train_nme_loss_runs_and_needs_68_points(tmp_path):
+@pytest.mark.parametrize("loss, refused, message", [
+    ("nme", "nosetip", "--loss nme needs a 68-point network; 'nosetip' predicts 1"),
+    ("star", "simple", "--loss star needs a heatmap network; 'simple' regresses its points"),
+])
+def test_train_loss_runs_on_fastnet_and_is_refused_where_it_cannot(tmp_path, loss, refused,
+                                                                    message):
     data, _ = write_folder(tmp_path / "d", n=6, people=3)
     common = ["--data", str(data), "--input-size", "64", "--epochs", "1", "--batch", "2",
-              "--max-steps", "2", "--val-fraction", "0.34", "--loss", "nme"]
-    p = run("fkp.train.cli", "--arch", "nosetip", "--out", str(tmp_path / "n"), *common,
+              "--max-steps", "2", "--val-fraction", "0.34", "--loss", loss]
+    p = run("fkp.train.cli", "--arch", refused, "--out", str(tmp_path / "n"), *common,
             check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1] == (
-        "fkp-train: error: --loss nme needs a 68-point network; 'nosetip' predicts 1")
-    run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "f"), *common)
-    hist = json.loads((tmp_path / "f" / "metrics.json").read_text())
-    assert np.isfinite(hist["history"][0]["train_loss"])
-
-
-def test_train_star_loss_runs_and_needs_heatmaps(tmp_path):
-    data, _ = write_folder(tmp_path / "d", n=6, people=3)
-    common = ["--data", str(data), "--input-size", "64", "--epochs", "1", "--batch", "2",
-              "--max-steps", "2", "--val-fraction", "0.34", "--loss", "star"]
-    p = run("fkp.train.cli", "--arch", "simple", "--out", str(tmp_path / "s"), *common,
-            check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
-    assert p.stderr.strip().splitlines()[-1] == (
-        "fkp-train: error: --loss star needs a heatmap network; 'simple' regresses its points")
+    assert p.stderr.strip().splitlines()[-1] == f"fkp-train: error: {message}"
     run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "f"), *common)
     hist = json.loads((tmp_path / "f" / "metrics.json").read_text())
     assert np.isfinite(hist["history"][0]["train_loss"])

@@ -265,7 +265,8 @@ def bench(args) -> dict:
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
            "cuda_graph": model.cuda_graph, "half": model.half,
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
-           "detector": type(tracker.detector).__name__, "threads": args.threads or default_cpu_threads(),
+           "detector": type(tracker.detector).__name__,
+           "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],
            "scans_skipped": tracker.stats["scans_skipped"]}
     if args.vs == "dlib" or args.dlib_csv:

@@ -277,7 +277,8 @@ class LandmarkModel:
                              "use --device cpu")
         if half and self.provider == "CPUExecutionProvider":
             raise ModelError("--half: CUDA could not be initialised (no usable GPU)")
-        if gpu_requested and self.provider == "CPUExecutionProvider" and model in (None, "", "auto"):
+        if (gpu_requested and self.provider == "CPUExecutionProvider"
+                and model in (None, "", "auto")):
             # GPU listed but unusable: fall back to the CPU default model
             self.__init__(model, "cpu", threads, flip_test, cuda_graph)
             return

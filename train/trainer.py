@@ -226,7 +226,8 @@ class Trainer:
         self.model.train()
         a = self.args
         total, n = 0.0, 0
-        bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{a.epochs}",
+        bar = tqdm(self.loader, total=self.steps_per_epoch,
+                   desc=f"epoch {self.epoch + 1}/{a.epochs}",
                    leave=False, dynamic_ncols=True, mininterval=2.0)
         for step, (x, y, _) in enumerate(bar):
             if step >= self.steps_per_epoch:
