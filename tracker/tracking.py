@@ -387,9 +387,8 @@ class Tracker:
         pts, _ = self._infer(image, chosen, np.zeros(len(chosen)))
         pts, scores = self._infer(image, box_from_points(pts), self._rolls(pts))
         for p, s, ok in zip(pts, scores, alive(pts, scores, self.score_threshold, w, h)):
-            others = [t.points for t in self._tracks]
-            if not ok or others and iou(box_from_points(p)[None], box_from_points(
-                    np.stack(others))).max() > CONVERGED_IOU:
+            live = self._boxes()
+            if not ok or len(live) and iou(box_from_points(p)[None], live).max() > CONVERGED_IOU:
                 continue
             self._tracks.append(Track.start(self._next_id, p, float(s), image, self.smooth,
                                             self.still_hold))
