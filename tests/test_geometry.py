@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from fkp.tracker.geometry import (apply_affine, box_from_points, crop, crop_matrix,
-                                  invert_affine, roll_angle)
+from fkp.tracker.geometry import (apply_affine, box_from_points, crop, crop_gray,
+                                  crop_matrix, invert_affine, roll_angle, source_region)
 from fkp.tracker.landmarks import FLIP_PERM, NUM_POINTS, nme, shape_plausibility
 
 
@@ -52,6 +52,30 @@ def test_crop_pads_past_the_frame_edge():
     img = np.full((50, 50), 200, np.uint8)
     out, m = crop(img, np.array([-30.0, -30.0, 10.0, 10.0]), 32)
     assert out.shape == (32, 32) and (out == 200).all()
+
+
+@pytest.mark.parametrize("box, angle", [((250, 150, 390, 300), 5.0), ((-50, -20, 100, 120), -30.0),
+                                        ((560, 380, 700, 520), 40.0), ((0, 0, 639, 479), 0.0),
+                                        ((-900, -900, -700, -700), 0.0)])
+def test_gray_crop_of_a_colour_frame_is_the_crop_of_the_gray_frame(box, angle):
+    """crop_gray converts only the region the crop reads: inside, across the edge, off the
+    frame and turned, the pixels are those of cropping the whole frame made gray."""
+    import cv2
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (5, 5), 0)
+    gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    m = crop_matrix(np.array(box, np.float64), 96, 0.25, angle)
+    want = crop(gray, np.array(box, np.float64), 96, 0.25, angle)[0]
+    assert np.array_equal(crop_gray(frame, m, 96), want)
+    assert np.array_equal(crop_gray(gray, m, 96), want)
+    x0, y0, x1, y1 = source_region(m, 96, 640, 480)
+    assert 0 <= x0 < x1 <= 640 and 0 <= y0 < y1 <= 480
+    # every crop pixel's source lies in the region (or the crop is off the frame)
+    corners = apply_affine(np.array([[0, 0], [95, 0], [0, 95], [95, 95]], float),
+                           invert_affine(m))
+    inside = np.clip(corners, 0, [639, 479])
+    assert (inside[:, 0] >= x0).all() and (inside[:, 0] < x1).all()
+    assert (inside[:, 1] >= y0).all() and (inside[:, 1] < y1).all()
 
 
 def test_nme_and_plausibility():
@@ -246,10 +270,14 @@ def test_track_checks():
     """tracks.alive: score, size, centre in frame, finite; drop_converged keeps the older."""
     from fkp.tracker.tracks import Track, alive, drop_converged
     face = np.array([[100.0, 100.0], [140.0, 100.0], [120.0, 150.0]])   # box 100..140 x 100..150
-    pts = np.stack([face, face, face * 0.02, face + 500, face])
+    pts = np.stack([face, face, face * 0.02, face + 500, face, face, face, face - 125])
     pts[4, 0, 0] = np.nan
-    ok = alive(pts, np.array([0.9, 0.4, 0.9, 0.9, 0.9]), 0.5, 400, 300)
-    assert ok.tolist() == [True, False, False, False, False]
+    pts[5, 1, 1] = np.inf
+    pts[6, 0, 0], pts[6, 1, 0] = -np.inf, np.inf
+    ok = alive(pts, np.array([0.9, 0.4, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]), 0.5, 400, 300)
+    assert ok.tolist() == [True, False, False, False, False, False, False, False]
+    pts[7] += 10    # the box centre (-5, 0) moves to (5, 10), inside the frame
+    assert alive(pts[7:], np.array([0.9]), 0.5, 400, 300).tolist() == [True]
     t = [Track(i, p, 0.9, None) for i, p in enumerate([face, face + 2, face + 300])]
     assert [x.id for x in drop_converged(t)] == [0, 2]
     assert t[0].output(0.0) is t[0].points and t[0].crop_points() is t[0].points

@@ -50,12 +50,16 @@ def crop_matrix(box: np.ndarray, size: int, margin: float = DEFAULT_MARGIN,
 
 
 def invert_affine(m: np.ndarray) -> np.ndarray:
-    """Inverse of a (2, 3) affine matrix (or a batch (N, 2, 3))."""
+    """Inverse of a (2, 3) affine matrix (or a batch (N, 2, 3)); ``np.linalg.LinAlgError``
+    for a singular one. OpenCV's per matrix: right after an onnxruntime run,
+    ``np.linalg.inv`` took 40-70 us here against 5-10 us at other times (session 20), a cost
+    every tracked frame paid."""
     m = np.asarray(m, dtype=np.float64)
-    lin = m[..., :2]
-    inv = np.linalg.inv(lin)
-    t = -(inv @ m[..., 2:])
-    return np.concatenate([inv, t], axis=-1)
+    flat = m.reshape(-1, 2, 3)
+    if any(a * d == b * c for (a, b, _), (c, d, _) in flat.tolist()):
+        raise np.linalg.LinAlgError("singular affine matrix")
+    return np.stack([cv2.invertAffineTransform(x) for x in flat]).reshape(m.shape) \
+        if len(flat) else m.copy()
 
 
 def apply_affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -77,6 +81,35 @@ def crop(image: np.ndarray, box: np.ndarray, size: int, margin: float = DEFAULT_
     return out, m
 
 
+def source_region(m: np.ndarray, size: int, w: int, h: int) -> tuple[int, int, int, int]:
+    """The part ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of a w x h frame that a ``size`` x
+    ``size`` crop by the (2, 3) matrix ``m`` reads with bilinear sampling, clipped to the
+    frame (the whole frame where the crop lies off it)."""
+    inv = cv2.invertAffineTransform(np.asarray(m, np.float64))
+    half = (size - 1) / 2.0
+    cx, cy = inv[:, :2] @ (half, half) + inv[:, 2]
+    ex, ey = (np.abs(inv[:, 0]) + np.abs(inv[:, 1])) * half + 2.0  # + the sampling support
+    x0, y0 = max(int(cx - ex), 0), max(int(cy - ey), 0)
+    x1, y1 = min(int(cx + ex) + 1, w), min(int(cy + ey) + 1, h)
+    return (x0, y0, x1, y1) if x1 - x0 >= 2 and y1 - y0 >= 2 else (0, 0, w, h)
+
+
+def crop_gray(image: np.ndarray, m: np.ndarray, size: int, out: np.ndarray | None = None
+              ) -> np.ndarray:
+    """The gray ``size`` x ``size`` crop (uint8) of a BGR (H, W, 3) or gray (H, W) frame by
+    the (2, 3) matrix ``m`` (bilinear, edge replicated past the frame; as :func:`crop`).
+    Only the :func:`source_region` is made gray, then warped: about half the time of
+    warping in colour (session 20: 0.30-0.37 against 0.40-0.50 ms per frame on ytf1, a
+    frame fresh from the decoder), same pixels within one grey level of rounding."""
+    if image.ndim == 3:
+        x0, y0, x1, y1 = source_region(m, size, image.shape[1], image.shape[0])
+        image = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+        m = np.asarray(m, np.float64).copy()
+        m[:, 2] += m[:, :2] @ (x0, y0)
+    return cv2.warpAffine(image, m, (size, size), out, flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def roll_angle(points: np.ndarray) -> float:
     """Head roll in degrees from the eye centres of a (68, 2) shape (0 = level eyes)."""
     return float(eye_roll(points[None, 36:48])[0])
@@ -85,5 +118,5 @@ def roll_angle(points: np.ndarray) -> float:
 def eye_roll(eyes: np.ndarray) -> np.ndarray:
     """Head roll in degrees (N,) from eye points (N, 12, 2), points 36-47 of each shape:
     the angle of the line from the left to the right eye centre (0 = level eyes)."""
-    d = eyes[:, 6:].mean(axis=1) - eyes[:, :6].mean(axis=1)
+    d = eyes[:, 6:].sum(axis=1) - eyes[:, :6].sum(axis=1)     # 6 x the centres' offset
     return np.degrees(np.arctan2(d[:, 1], d[:, 0]))

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .cudagraph import GraphRunner
-from .geometry import apply_affine, crop_matrix, invert_affine
+from .geometry import apply_affine, crop_gray, crop_matrix, invert_affine
 from .landmarks import FLIP_PERM, NUM_POINTS, shape_plausibility
 from .metadata import METADATA_KEY, MetadataError, ModelMeta
 
@@ -204,21 +204,27 @@ def route_onnxruntime_log() -> Callable[[], None]:
 
 def session_options(threads: int | None = None):
     """onnxruntime session options for fkp models: ``threads`` intra-op threads (default
-    :func:`default_cpu_threads`), spinning off, warnings and errors only."""
+    :func:`default_cpu_threads`) that spin only while a run lasts, warnings and errors only.
+
+    Pool threads that spin hand each layer's work over without a wake-up, which a net of
+    short layers feels (batch-1 fast net); ``session.force_spinning_stop`` puts them to
+    sleep as each run returns, so the frame loop's other work (decode, Haar scan, drawing)
+    gets the second core between inferences (threads that spun between runs slowed the
+    scan by half). On ytf1 (session 20, Zen 4, 2 cores) that took inference from 2.06-2.95
+    to 1.67-2.56 ms per frame against threads that never spin, 7-13 % more fps."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = threads or default_cpu_threads()
-    # idle pool threads sleep instead of busy-waiting for the next run: the frame loop's
-    # other work (decode, Haar scan, drawing) gets the cores between inferences
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     return opts
 
 
 def default_cpu_threads() -> int:
-    """onnxruntime threads when none are asked for: the cores, at most 2 (sessions are made
-    with spinning off, see :class:`LandmarkModel`).
+    """onnxruntime threads when none are asked for: the cores, at most 2 (threads that spin
+    only during a run, see :func:`session_options`).
 
     Batch-1 inference of the fast nets gains little from more than two threads. Measured end to
     end on this project's 2-core machine (ytf1, 640x480): 2 threads without spinning 326-335
@@ -366,25 +372,20 @@ class LandmarkModel:
             mirrored[..., 0] += (pts[:n, :, 0] - mirrored[..., 0]).mean(axis=1, keepdims=True)
             pts = (pts[:n] + mirrored) / 2
         if self.meta.has_score:
-            scores = outs["score"].astype(np.float64).reshape(-1, n).mean(axis=0)
+            scores = outs["score"].astype(np.float64).reshape(-1, n)
+            scores = scores.mean(axis=0) if flip else scores[0]
         else:
             scores = self.plausibility(pts / self.size)
         return pts, scores
 
     def crops(self, image: np.ndarray, mats: np.ndarray) -> np.ndarray:
         """Warp one frame, gray (H, W) or BGR (H, W, 3), into gray crops (N, S, S) uint8 by
-        matrices (N, 2, 3); pixels past the frame edge replicate the edge. A colour frame is
-        warped in colour and only the crops are made gray (cheaper than the whole frame)."""
-        import cv2
-
-        s = self.size
-        if not len(mats):
-            return np.zeros((0, s, s), np.uint8)
-        crops = np.stack([cv2.warpAffine(image, m, (s, s), flags=cv2.INTER_LINEAR,
-                                         borderMode=cv2.BORDER_REPLICATE) for m in mats])
-        if crops.ndim == 4:
-            crops = cv2.cvtColor(crops.reshape(-1, s, 3), cv2.COLOR_BGR2GRAY).reshape(-1, s, s)
-        return crops
+        matrices (N, 2, 3); pixels past the frame edge replicate the edge. Of a colour frame
+        only the pixels each crop reads are made gray (:func:`~fkp.tracker.geometry.crop_gray`)."""
+        out = np.empty((len(mats), self.size, self.size), np.uint8)
+        for m, crop in zip(mats, out):
+            crop_gray(image, m, self.size, crop)
+        return out
 
     def predict(self, image: np.ndarray, boxes: np.ndarray,
                 angles: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -85,7 +85,7 @@ class StillCheck:
             thumb = self._thumb(image)
             diff = np.abs(thumb - self._ref).ravel()
             half = np.partition(diff, len(diff) // 2)[:len(diff) // 2]
-            low = float(half.mean()) if len(half) else 0.0
+            low = float(half.sum()) / len(half) if len(half) else 0.0
             self._floor = min(low, self._floor * 1.01 + 0.001)
             level = max(self.level, NOISE_UNITS * self._floor)
             if int(np.count_nonzero(diff > level)) < self.min_cells:

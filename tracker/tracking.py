@@ -313,18 +313,20 @@ class Tracker:
         """Follow live tracks; returns True when one was lost."""
         if not self._tracks:
             return False
-        prev = np.stack([t.crop_points() for t in self._tracks])
-        pts, scores = self._infer(image, box_from_points(prev), self._rolls(prev))
-        kept = []
-        for t, p, s, ok in zip(self._tracks, pts, scores,
-                               alive(pts, scores, self.score_threshold, w, h)):
-            if ok:
-                t.points, t.score, t.age = p, float(s), t.age + 1
-                kept.append(t)
-            else:
-                log.debug("track %d lost (score %.2f)", t.id, s)
-        kept = drop_converged(kept)
+        with self._timed("crop"):
+            prev = np.stack([t.crop_points() for t in self._tracks])
+            boxes, angles = box_from_points(prev), self._rolls(prev)
+        pts, scores = self._infer(image, boxes, angles)
         with self._timed("post"):
+            kept = []
+            for t, p, s, ok in zip(self._tracks, pts, scores,
+                                   alive(pts, scores, self.score_threshold, w, h)):
+                if ok:
+                    t.points, t.score, t.age = p, float(s), t.age + 1
+                    kept.append(t)
+                else:
+                    log.debug("track %d lost (score %.2f)", t.id, s)
+            kept = drop_converged(kept)
             for t in kept:
                 t.observe(image)
         n_lost = len(self._tracks) - len(kept)

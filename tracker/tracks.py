@@ -76,12 +76,13 @@ def alive(points: np.ndarray, scores: np.ndarray, threshold: float, w: int, h: i
           ) -> np.ndarray:
     """(N,) bool for faces (N, K, 2) frame px with scores (N,) in a w x h frame: score at or
     above ``threshold``, finite points, landmark box at least ``MIN_BOX_SIDE`` px, box centre
-    inside the frame."""
-    boxes = box_from_points(points)
-    side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    return ((scores >= threshold) & (side >= MIN_BOX_SIDE) & (cx >= 0) & (cx < w)
-            & (cy >= 0) & (cy < h) & np.isfinite(points).all(axis=(1, 2)))
+    inside the frame. (A NaN point makes the box NaN and an infinite one its centre
+    infinite or NaN: both fail the comparisons.)"""
+    lo, hi = points.min(axis=1), points.max(axis=1)
+    with np.errstate(invalid="ignore"):                    # inf - inf
+        centre, side = (lo + hi) / 2, (hi - lo).max(axis=1)
+    return ((scores >= threshold) & (side >= MIN_BOX_SIDE) & (centre >= 0).all(axis=1)
+            & (centre < (w, h)).all(axis=1))
 
 
 def drop_converged(tracks: list[Track]) -> list[Track]:
