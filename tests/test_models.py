@@ -1,4 +1,6 @@
 """Model registry: names, shapes, and a clear error with close matches."""
+import copy
+
 import pytest
 import torch
 
@@ -170,3 +172,42 @@ def test_star_loss_gradient_is_finite_for_a_round_heatmap():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="heatmap"):
         total_loss({"points": pred}, torch.zeros(2, 3, 2), "star", 64, grid=grid)
+
+
+def test_sam_takes_the_gradient_at_the_ascended_weights_and_restores_them():
+    """Trainer.sam_gradient: the gradient left for the optimiser is the loss gradient at
+    w + rho g / |g|; the weights come back exactly and BatchNorm's running statistics keep
+    the first pass's values."""
+    import types
+
+    from fkp.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 2)).train()
+    x, y = torch.randn(16, 4), torch.randn(16, 2)
+
+    def loss(x, y):
+        return ((net(x) - y) ** 2).mean()
+
+    rho = 0.3
+    fake = types.SimpleNamespace(model=net, args=types.SimpleNamespace(sam=rho),
+                                 opt=torch.optim.SGD(net.parameters(), lr=0.1), loss=loss)
+    loss(x, y).backward()
+    w0 = [p.detach().clone() for p in net.parameters()]
+    g = [p.grad.clone() for p in net.parameters()]
+    stats = [b.clone() for b in (net[1].running_mean, net[1].running_var)]
+    Trainer.sam_gradient(fake, x, y)
+    assert all(torch.equal(p, w) for p, w in zip(net.parameters(), w0))
+    assert torch.equal(net[1].running_mean, stats[0]) and torch.equal(net[1].running_var, stats[1])
+    assert net[1].momentum == 0.1
+    # the same gradient by hand, on a copy moved to the ascended point
+    norm = torch.sqrt(sum((v ** 2).sum() for v in g))
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        for p, v in zip(twin.parameters(), g):
+            p.add_(rho * v / norm)
+    ((twin(x) - y) ** 2).mean().backward()
+    for p, q in zip(net.parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6)
+    assert not torch.allclose(net[0].weight.grad, g[0])

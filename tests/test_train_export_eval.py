@@ -146,6 +146,15 @@ def test_train_loss_runs_on_fastnet_and_is_refused_where_it_cannot(tmp_path, los
     assert np.isfinite(hist["history"][0]["train_loss"])
 
 
+def test_train_with_sam_runs_both_passes_on_a_heatmap_net(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=6, people=3)
+    run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "s"), "--data", str(data),
+        "--input-size", "64", "--epochs", "1", "--batch", "2", "--max-steps", "2",
+        "--val-fraction", "0.34", "--sam", "0.05")
+    hist = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    assert np.isfinite(hist["history"][0]["train_loss"])
+
+
 def test_train_bad_dataset_is_one_line(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4)
     (data / "images" / "Person_1_01.jpg").write_bytes(b"garbage")

@@ -206,12 +206,11 @@ def session_options(threads: int | None = None):
     """onnxruntime session options for fkp models: ``threads`` intra-op threads (default
     :func:`default_cpu_threads`) that spin only while a run lasts, warnings and errors only.
 
-    Pool threads that spin hand each layer's work over without a wake-up, which a net of
-    short layers feels (batch-1 fast net); ``session.force_spinning_stop`` puts them to
-    sleep as each run returns, so the frame loop's other work (decode, Haar scan, drawing)
-    gets the second core between inferences (threads that spun between runs slowed the
-    scan by half). On ytf1 (session 20, Zen 4, 2 cores) that took inference from 2.06-2.95
-    to 1.67-2.56 ms per frame against threads that never spin, 7-13 % more fps."""
+    Spinning pool threads take each layer's work without a wake-up, which the short layers
+    of a batch-1 fast net feel; ``session.force_spinning_stop`` puts them to sleep as a run
+    returns, so the frame loop's other work (decode, Haar scan, drawing) has the second
+    core between inferences (threads that kept spinning slowed the scan by half, session 5).
+    Against threads that never spin (session 20, Zen 4, ytf1): 7-13 % more fps."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -223,15 +222,9 @@ def session_options(threads: int | None = None):
 
 
 def default_cpu_threads() -> int:
-    """onnxruntime threads when none are asked for: the cores, at most 2 (threads that spin
-    only during a run, see :func:`session_options`).
-
-    Batch-1 inference of the fast nets gains little from more than two threads. Measured end to
-    end on this project's 2-core machine (ytf1, 640x480): 2 threads without spinning 326-335
-    fps (fastnet-int8) and 409-421 fps (fastnet-128-int8), against 294-301 / 388-393 with one
-    thread and 310-321 with two spinning threads, whose busy-waiting slows the Haar scan that
-    shares the second core by half.
-    """
+    """onnxruntime threads when none are asked for: the cores, at most 2 (batch-1 inference
+    of the fast nets gains little from more). On 2 cores, 2 threads beat 1 end to end (ytf1:
+    326-335 against 294-301 fps, session 5; 240-251 against 204-241, session 20)."""
     return max(1, min(2, os.cpu_count() or 1))
 
 

@@ -228,10 +228,9 @@ class Tracker:
         ``index`` is copied to the result (default: frames processed so far).
         """
         t_start = time.perf_counter()
-        for k in STAGES:
-            self.timings[k] = 0.0
-        image = as_image(frame)     # crops are cut in colour and made gray crop by crop,
-        if timestamp_ms is None:    # so a tracking frame never converts the whole frame
+        self.timings.update(dict.fromkeys(STAGES, 0.0))
+        image = as_image(frame)     # made gray only where a crop reads it (while tracking)
+        if timestamp_ms is None:
             if self._t0 is None:
                 self._t0 = t_start
             timestamp_ms = (t_start - self._t0) * 1000.0

@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate, select and export an exponential moving average of the "
                         "weights with this decay per step (e.g. 0.998; default 0 = off)")
+    p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation with radius RHO (e.g. 0.05; 0 = off): "
+                        "two forward/backward passes per step")
     p.add_argument("--bf16", action="store_true",
                    help="train under bfloat16 autocast in channels-last layout (GPUs, and CPUs "
                         "with AVX512-BF16/AMX: 1.5-1.6x the steps per second there; emulated "

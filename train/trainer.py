@@ -236,11 +236,11 @@ class Trainer:
             y = y.to(self.device, non_blocking=True)
             if self.bf16:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                out = self.model(x)
-            loss = total_loss(out, y, a.loss, a.input_size, a.heatmap_weight, self.grid)
+            loss = self.loss(x, y)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            if getattr(a, "sam", 0.0) > 0:
+                self.sam_gradient(x, y)
             self.opt.step()
             self.sched.step()
             if self.ema is not None:
@@ -249,6 +249,40 @@ class Trainer:
             n += len(x)
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
         return total / max(n, 1)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of the batch x (B, 1, S, S) with targets y (B, K, 2)."""
+        a = self.args
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(x)
+        return total_loss(out, y, a.loss, a.input_size, a.heatmap_weight, self.grid)
+
+    def sam_gradient(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Sharpness-aware minimisation (``--sam RHO``; Foret et al., ICLR 2021): replace the
+        gradients with those taken at the weights moved by RHO along the normalised gradient
+        (the worst nearby point, to first order), so the step favours flat minima. BatchNorm
+        running statistics are left as the first pass set them."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        saved = [p.detach().clone() for p in params]
+        scale = self.args.sam / (norm + 1e-12)
+        norms = [m for m in self.model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad * scale)
+        for m in norms:
+            m.momentum = 0.0                 # running = 1 * running + 0 * batch: untouched
+        try:
+            self.opt.zero_grad(set_to_none=True)
+            self.loss(x, y).backward()
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            with torch.no_grad():
+                for p, w in zip(params, saved):
+                    p.copy_(w)
 
     @torch.no_grad()
     def validate(self, recalibrate: bool = True) -> dict:
