@@ -24,6 +24,8 @@ Coordinates: frame pixels (x right, y down) for boxes (N, 4) ``x0, y0, x1, y1``.
 """
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -93,14 +95,17 @@ class ChangeGate:
         outside = np.ones(thumb.shape, bool)
         th, tw = thumb.shape
         left, top, right, bottom = self.pad
-        for x0, y0, x1, y1 in np.concatenate([self._boxes, np.reshape(boxes, (-1, 4))]):
-            if not np.isfinite([x0, y0, x1, y1]).all():
+        def cells(v: float, n: int) -> int:         # a cell index clipped to 0..n
+            return min(max(v, 0), n)
+
+        for x0, y0, x1, y1 in np.concatenate([self._boxes, np.reshape(boxes, (-1, 4))]).tolist():
+            if not all(map(math.isfinite, (x0, y0, x1, y1))):
                 continue
             bw, bh = x1 - x0, y1 - y0
-            c0 = int(np.clip(np.floor((x0 - left * bw) / self.cell), 0, tw))
-            c1 = int(np.clip(np.ceil((x1 + right * bw) / self.cell), 0, tw))
-            r0 = int(np.clip(np.floor((y0 - top * bh) / self.cell), 0, th))
-            r1 = int(np.clip(np.ceil((y1 + bottom * bh) / self.cell), 0, th))
+            c0 = cells(math.floor((x0 - left * bw) / self.cell), tw)
+            c1 = cells(math.ceil((x1 + right * bw) / self.cell), tw)
+            r0 = cells(math.floor((y0 - top * bh) / self.cell), th)
+            r1 = cells(math.ceil((y1 + bottom * bh) / self.cell), th)
             outside[r0:r1, c0:c1] = False
         return int(((np.abs(thumb - self._thumb) > self.level) & outside).sum())
 
@@ -142,9 +147,14 @@ class ArrivalWatch:
         self.gate, self.step, self.retries = gate, max(1, period // ARRIVAL_CHECKS), retries
         self.left = 0                    # retry scans still to come
 
+    def due(self, since_scan: int) -> bool:
+        """Whether :meth:`check` looks at this frame (``since_scan``: frames since the last
+        scan); on other frames it says no without reading its arguments."""
+        return since_scan % self.step == 0
+
     def check(self, since_scan: int, image: np.ndarray, boxes: np.ndarray) -> bool:
         """Scan now? ``since_scan``: frames since the last scan; boxes (N, 4): tracked now."""
-        if since_scan % self.step:
+        if not self.due(since_scan):
             return False
         if self.left > 0:
             self.left -= 1

@@ -345,8 +345,8 @@ class Tracker:
     def _arrival(self, image: np.ndarray) -> bool:
         """Scan now, between periodic scans? (:class:`~fkp.tracker.scangate.ArrivalWatch`,
         while faces are tracked and there is room for more; timed as ``detect``.)"""
-        if (self.arrivals is None or not self._tracks or self._scan is not None
-                or len(self._tracks) >= self.max_faces):
+        if (self.arrivals is None or not self._tracks or self._scan is not None or len(
+                self._tracks) >= self.max_faces or not self.arrivals.due(self._since_detect)):
             return False
         with self._timed("detect"):
             return self.arrivals.check(self._since_detect, image, self._boxes())
