@@ -53,7 +53,7 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
     metrics = dict(ck.get("metrics") or (ck["history"][-1] if ck.get("history") else {}))
     cmd = ["fkp-train"]
     for k, v in a.items():
-        optional = ("max_steps", "threads", "precise_bn", "workers", "skip_bad")
+        optional = ("max_steps", "threads", "precise_bn", "workers", "skip_bad", "sam")
         if k in ("resume", "verbose") or v is None or (v in (False, 0) and k in optional):
             continue
         flag = "--" + k.replace("_", "-")

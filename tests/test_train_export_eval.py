@@ -507,11 +507,15 @@ def test_model_card_command_repeats_the_options_that_were_set():
 
     args = dict(arch="fastnet", data=["d1"], input_size=64, epochs=2, margin=0.25,
                 val_fraction=0.1, loss="l1", init=None, aug=["rotation=10", "scale=0.9:1.1"],
-                bf16=False, threads=0, out="run", resume=False)
+                bf16=False, threads=0, out="run", resume=False, sam=0.0)
     ck = dict(args=args, epoch=2, arch="fastnet", point_indices=list(range(68)),
               mean_shape=np.zeros((68, 2)), metrics={"nme/d1": 4.0})
     cmd = shlex.split(build_meta(ck, True).training["command"])
     assert "None" not in cmd and "--init" not in cmd and "--bf16" not in cmd
+    assert "--sam" not in cmd      # off: left out
+    ck["args"] = dict(args, sam=0.2)
+    cmd = shlex.split(build_meta(ck, True).training["command"])
+    assert cmd[cmd.index("--sam") + 1] == "0.2"
     i = cmd.index("--aug")
     assert cmd[i + 1:i + 3] == ["rotation=10", "scale=0.9:1.1"]
 
