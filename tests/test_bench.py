@@ -23,7 +23,7 @@ def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
                          "--csv", str(csv_path))
     assert code == 0, err
     res = json.loads(out[-1])
-    assert res["fps"] > 0 and res["frames"] == 10
+    assert res["fps"] > 0 and res["frames"] == 10 and res["median_ms"] > 0
     assert set(bench.FKP_STAGES) <= set(res["stages_ms"])
     assert res["provider"] == "CPUExecutionProvider"
     assert res["model"].endswith("tiny.onnx") and res["arch"] == "tiny-test"
@@ -32,6 +32,17 @@ def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
     assert res["detector_runs"] >= 1 and res["scans_skipped"] >= 0
     rows = read_points_csv(csv_path)
     assert rows and max(rows) <= 11
+
+
+def test_loop_summary_means_fps_and_median():
+    """fps counts frames over their summed time after the warm-up; median_ms is the median
+    frame's total, which one stalled frame does not move."""
+    stats = bench.LoopStats(("infer", "total"))
+    for total in (50.0, 2.0, 2.0, 3.0, 40.0):      # the first is warm-up
+        stats.add({"infer": total / 2, "total": total}, 1)
+    s = stats.summary(warmup=1)
+    assert s["frames"] == 4 and s["fps"] == round(4 / 0.047, 2)
+    assert s["median_ms"] == 2.5 and s["stages_ms"]["infer"] == round(47 / 8, 3)
 
 
 def test_bench_always_scan_runs_every_periodic_scan(capsys, tiny_model, face_video):

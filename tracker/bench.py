@@ -14,10 +14,10 @@ every frame) on the same frames of the same video, re-decoded, with the same dra
 reports ``speedup_vs_dlib = fps / dlib fps``. ``--csv`` / ``--dlib-csv`` write both loops'
 points in the ``fkp-track --csv`` layout, for ``fkp-testvideo score``.
 
-The last stdout line is one JSON object: ``fps``, ``stages_ms``, ``provider``, ``model``,
-``arch``, ``video``, ``frames`` (timed), ``faces_per_frame``, ``detector``, ``threads``, and
-with ``--vs dlib`` also ``dlib`` (``{"fps", "stages_ms", "faces_per_frame", "upsample",
-"version"}``, or ``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
+The last stdout line is one JSON object: ``fps``, ``median_ms`` (the median frame's total
+ms), ``stages_ms``, ``provider``, ``model``, ``arch``, ``video``, ``frames`` (timed),
+``faces_per_frame``, ``detector``, ``threads``, and with ``--vs dlib`` also ``dlib``
+(``{"fps", "median_ms", "stages_ms", "faces_per_frame", "upsample", "version"}``, or ``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
 ``--infer-only`` times just the network: ``--batch`` face crops per call (default 1),
 ``--runs`` calls after ``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median
 milliseconds per face: per call / batch), ``infer_ms_mean``, ``batch``, ``provider``,
@@ -116,12 +116,15 @@ class LoopStats:
         self.faces.append(n_faces)
 
     def summary(self, warmup: int) -> dict:
-        """Means over frames after ``warmup`` (all frames when there are no more)."""
+        """Means over frames after ``warmup`` (all frames when there are no more), and the
+        median frame time ``median_ms`` (steadier than the mean where other work on the
+        machine stalls some frames)."""
         n = len(self.faces)
         start = warmup if n > warmup else 0
         mean = {k: round(float(np.mean(v[start:])), 3) for k, v in self.times.items()}
         total = float(np.sum(self.times["total"][start:]))
         return {"fps": round((n - start) / max(total / 1000.0, 1e-9), 2),
+                "median_ms": round(float(np.median(self.times["total"][start:])), 3),
                 "stages_ms": mean, "frames": n - start,
                 "faces_per_frame": round(float(np.mean(self.faces[start:])), 3)}
 
@@ -261,7 +264,8 @@ def bench(args) -> dict:
     model = tracker.model
     print(f"fkp-track: {model.describe()}; detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
-    out = {"fps": s["fps"], "stages_ms": s["stages_ms"], "provider": tracker.provider,
+    out = {"fps": s["fps"], "median_ms": s["median_ms"], "stages_ms": s["stages_ms"],
+           "provider": tracker.provider,
            "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
            "cuda_graph": model.cuda_graph, "half": model.half,
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
