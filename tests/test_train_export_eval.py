@@ -147,6 +147,7 @@ def test_train_loss_runs_on_fastnet_and_is_refused_where_it_cannot(tmp_path, los
 
 
 def test_train_with_sam_runs_both_passes_on_a_heatmap_net(tmp_path):
+    """--sam on a real net (BatchNorm, heatmap head): two steps, a finite loss."""
     data, _ = write_folder(tmp_path / "d", n=6, people=3)
     run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "s"), "--data", str(data),
         "--input-size", "64", "--epochs", "1", "--batch", "2", "--max-steps", "2",

@@ -17,7 +17,8 @@ points in the ``fkp-track --csv`` layout, for ``fkp-testvideo score``.
 The last stdout line is one JSON object: ``fps``, ``median_ms`` (the median frame's total
 ms), ``stages_ms``, ``provider``, ``model``, ``arch``, ``video``, ``frames`` (timed),
 ``faces_per_frame``, ``detector``, ``threads``, and with ``--vs dlib`` also ``dlib``
-(``{"fps", "median_ms", "stages_ms", "faces_per_frame", "upsample", "version"}``, or ``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
+(``{"fps", "median_ms", "stages_ms", "faces_per_frame", "upsample", "version"}``, or
+``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
 ``--infer-only`` times just the network: ``--batch`` face crops per call (default 1),
 ``--runs`` calls after ``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median
 milliseconds per face: per call / batch), ``infer_ms_mean``, ``batch``, ``provider``,

@@ -47,6 +47,11 @@ def cell_means(image: np.ndarray, cols: int, rows: int, samples: int | None) -> 
     return small.astype(np.int16)
 
 
+def _clip(i: int, n: int) -> int:
+    """A cell index clipped to 0..n."""
+    return min(max(i, 0), n)
+
+
 def thumbnail(image: np.ndarray, cell: int) -> np.ndarray:
     """BGR (H, W, 3) or gray (H, W) uint8 -> gray (H // cell, W // cell) int16 cell means.
 
@@ -95,17 +100,15 @@ class ChangeGate:
         outside = np.ones(thumb.shape, bool)
         th, tw = thumb.shape
         left, top, right, bottom = self.pad
-        def cells(v: float, n: int) -> int:         # a cell index clipped to 0..n
-            return min(max(v, 0), n)
-
+        # plain floats: a dozen numpy scalar calls per box cost more than the thumbnail
         for x0, y0, x1, y1 in np.concatenate([self._boxes, np.reshape(boxes, (-1, 4))]).tolist():
             if not all(map(math.isfinite, (x0, y0, x1, y1))):
                 continue
             bw, bh = x1 - x0, y1 - y0
-            c0 = cells(math.floor((x0 - left * bw) / self.cell), tw)
-            c1 = cells(math.ceil((x1 + right * bw) / self.cell), tw)
-            r0 = cells(math.floor((y0 - top * bh) / self.cell), th)
-            r1 = cells(math.ceil((y1 + bottom * bh) / self.cell), th)
+            c0 = _clip(math.floor((x0 - left * bw) / self.cell), tw)
+            c1 = _clip(math.ceil((x1 + right * bw) / self.cell), tw)
+            r0 = _clip(math.floor((y0 - top * bh) / self.cell), th)
+            r1 = _clip(math.ceil((y1 + bottom * bh) / self.cell), th)
             outside[r0:r1, c0:c1] = False
         return int(((np.abs(thumb - self._thumb) > self.level) & outside).sum())
 

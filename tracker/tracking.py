@@ -54,8 +54,7 @@ from .tracks import CONVERGED_IOU, Track, alive, choose_new, drop_converged, fra
 if TYPE_CHECKING:
     from .sources import Frame
 
-__all__ = ["Face", "FrameResult", "PHOTO_MAX_FACES", "STAGES", "Tracker", "as_image",
-           "to_gray"]
+__all__ = ["Face", "FrameResult", "PHOTO_MAX_FACES", "STAGES", "Tracker", "as_image", "to_gray"]
 log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
@@ -345,11 +344,12 @@ class Tracker:
     def _arrival(self, image: np.ndarray) -> bool:
         """Scan now, between periodic scans? (:class:`~fkp.tracker.scangate.ArrivalWatch`,
         while faces are tracked and there is room for more; timed as ``detect``.)"""
-        if (self.arrivals is None or not self._tracks or self._scan is not None or len(
-                self._tracks) >= self.max_faces or not self.arrivals.due(self._since_detect)):
+        watch, n = self.arrivals, len(self._tracks)
+        if watch is None or not n or self._scan is not None or n >= self.max_faces \
+                or not watch.due(self._since_detect):
             return False
         with self._timed("detect"):
-            return self.arrivals.check(self._since_detect, image, self._boxes())
+            return watch.check(self._since_detect, image, self._boxes())
 
     def _gate_scanned(self, image: np.ndarray) -> None:
         """Tell the change gate that this frame was scanned (timed as ``detect``)."""

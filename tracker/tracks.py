@@ -78,8 +78,9 @@ def alive(points: np.ndarray, scores: np.ndarray, threshold: float, w: int, h: i
     above ``threshold``, finite points, landmark box at least ``MIN_BOX_SIDE`` px, box centre
     inside the frame. (A NaN point makes the box NaN and an infinite one its centre
     infinite or NaN: both fail the comparisons.)"""
-    lo, hi = points.min(axis=1).tolist(), points.max(axis=1).tolist()  # (plain floats:
-    return np.array([s >= threshold and max(x1 - x0, y1 - y0) >= MIN_BOX_SIDE     # cheaper)
+    # plain floats: for a face or two, cheaper than a dozen numpy calls
+    lo, hi = points.min(axis=1).tolist(), points.max(axis=1).tolist()
+    return np.array([s >= threshold and max(x1 - x0, y1 - y0) >= MIN_BOX_SIDE
                      and 0 <= (x0 + x1) / 2 < w and 0 <= (y0 + y1) / 2 < h
                      for s, (x0, y0), (x1, y1) in zip(np.asarray(scores).tolist(), lo, hi)],
                     bool).reshape(-1)

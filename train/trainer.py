@@ -266,19 +266,19 @@ class Trainer:
         norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
         saved = [p.detach().clone() for p in params]
         scale = self.args.sam / (norm + 1e-12)
-        norms = [m for m in self.model.modules()
-                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in norms]
+        batchnorms = [m for m in self.model.modules()
+                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in batchnorms]
         with torch.no_grad():
             for p in params:
                 p.add_(p.grad * scale)
-        for m in norms:
+        for m in batchnorms:
             m.momentum = 0.0                 # running = 1 * running + 0 * batch: untouched
         try:
             self.opt.zero_grad(set_to_none=True)
             self.loss(x, y).backward()
         finally:
-            for m, momentum in zip(norms, momenta):
+            for m, momentum in zip(batchnorms, momenta):
                 m.momentum = momentum
             with torch.no_grad():
                 for p, w in zip(params, saved):
