@@ -118,18 +118,17 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
 def _face_frame(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Points (N, 68, 2) in image pixels -> the frame of the reference shapes ``ref`` (N, 68,
     2): origin at the points' own mean, x along ref's eye axis (36 -> 45), % of ref's IOD."""
-    rot, iod = _eye_axes(ref)
-    return 100 * np.einsum("nij,nkj->nki", rot, points - points.mean(1, keepdims=True)) \
-        / iod[:, None, None]
+    return _in_eye_frame(points - points.mean(1, keepdims=True), ref)
 
 
-def _eye_axes(ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2, 2) rotations onto the eye axis (36 -> 45) of shapes ``ref`` (N, 68, 2) and
-    their IOD (N,)."""
+def _in_eye_frame(vectors: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Vectors (N, K, 2) in image pixels turned onto the eye axis (36 -> 45) of the shapes
+    ``ref`` (N, 68, 2) and scaled to % of their IOD."""
     e = ref[:, RIGHT_EYE_OUTER] - ref[:, LEFT_EYE_OUTER]
     iod = interocular(ref)
     c, s = e[:, 0] / iod, e[:, 1] / iod
-    return np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1), iod
+    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
+    return 100 * np.einsum("nij,nkj->nki", rot, vectors) / iod[:, None, None]
 
 
 def label_noise(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray,
@@ -178,8 +177,7 @@ def point_bias(pred: np.ndarray, truth: np.ndarray) -> dict:
     per-point correction could at best gain)."""
     if pred.shape[1:] != (NUM_POINTS, 2):
         raise ModelError(f"--point-bias needs a {NUM_POINTS}-point model")
-    rot, iod = _eye_axes(truth)
-    err = 100 * np.einsum("nij,nkj->nki", rot, pred - truth) / iod[:, None, None]
+    err = _in_eye_frame(pred - truth, truth)
     bias = err.mean(axis=0)                                                # (68, 2)
     size = np.linalg.norm(bias, axis=-1)
     return {"point_bias_mean": float(size.mean()), "point_bias_max": float(size.max()),

@@ -68,6 +68,15 @@ def apply_affine(points: np.ndarray, m: np.ndarray) -> np.ndarray:
     return pts @ np.swapaxes(m[..., :2], -1, -2) + m[..., None, :, 2]
 
 
+def warp(image: np.ndarray, m: np.ndarray, size: int, border: int = cv2.BORDER_REPLICATE,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """The ``size`` x ``size`` crop of ``image`` (H, W[, C]) by the (2, 3) matrix ``m``
+    (frame px -> crop px): bilinear, pixels past the frame edge padded by ``border``; into
+    ``out`` where given. The sampling every crop of fkp-track and fkp-train uses."""
+    return cv2.warpAffine(image, m, (size, size), out, flags=cv2.INTER_LINEAR,
+                          borderMode=border)
+
+
 def crop(image: np.ndarray, box: np.ndarray, size: int, margin: float = DEFAULT_MARGIN,
          angle_deg: float = 0.0, flip: bool = False,
          border: int = cv2.BORDER_REPLICATE) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +86,7 @@ def crop(image: np.ndarray, box: np.ndarray, size: int, margin: float = DEFAULT_
     back with ``apply_affine(p, invert_affine(matrix))``.
     """
     m = crop_matrix(box, size, margin, angle_deg, flip)
-    out = cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=border)
-    return out, m
+    return warp(image, m, size, border), m
 
 
 def source_region(m: np.ndarray, size: int, w: int, h: int) -> tuple[int, int, int, int]:
@@ -106,8 +114,7 @@ def crop_gray(image: np.ndarray, m: np.ndarray, size: int, out: np.ndarray | Non
         image = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
         m = np.asarray(m, np.float64).copy()
         m[:, 2] += m[:, :2] @ (x0, y0)
-    return cv2.warpAffine(image, m, (size, size), out, flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return warp(image, m, size, out=out)
 
 
 def roll_angle(points: np.ndarray) -> float:

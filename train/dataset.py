@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
+from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix, warp
 from fkp.tracker.landmarks import FLIP_PERM
 
 
@@ -213,8 +213,7 @@ class FaceDataset(Dataset):
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(gray crop (S, S) uint8, points (68, 2) crop pixels, matrix (2, 3))."""
         m, flip = self.matrix(i)
-        crop = cv2.warpAffine(self.images[i], m, (self.size, self.size), flags=cv2.INTER_LINEAR,
-                              borderMode=cv2.BORDER_REPLICATE)
+        crop = warp(self.images[i], m, self.size)
         if flip:
             # mirror the face geometry, keep the label convention offset in image axes
             off = self.label_offset[i]
