@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from fkp.tracker.geometry import (apply_affine, box_from_points, crop, crop_gray,
-                                  crop_matrix, invert_affine, roll_angle, source_region)
+                                  crop_matrix, invert_affine, roll_angle, source_region,
+                                  uncrop)
 from fkp.tracker.landmarks import FLIP_PERM, NUM_POINTS, nme, shape_plausibility
 
 
@@ -35,6 +36,23 @@ def test_batched_inverse_matches_single():
     assert invert_affine(ms[:0]).shape == (0, 2, 3)
     with pytest.raises(np.linalg.LinAlgError):
         invert_affine(np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 5.0]]))
+
+
+def test_uncrop_maps_crop_points_back_through_each_crops_inverse():
+    rng = np.random.default_rng(3)
+    boxes = rng.uniform(0, 300, (5, 2)).repeat(2, axis=1) + [0, 0, 80, 90]
+    boxes = boxes[:, [0, 2, 1, 3]]                                   # x0, y0, x1, y1
+    mats = np.stack([crop_matrix(b, 160, 0.25, a, flip) for b, a, flip in
+                     zip(boxes, rng.uniform(-40, 40, 5), [False, True, False, True, False])])
+    frame_pts = rng.uniform(0, 400, (5, 68, 2))
+    crop_pts = np.stack([apply_affine(p, m) for p, m in zip(frame_pts, mats)])
+    back = uncrop(crop_pts, mats)
+    assert back.shape == (5, 68, 2) and back.dtype == np.float64
+    np.testing.assert_allclose(back, frame_pts, atol=1e-9)
+    np.testing.assert_allclose(back, apply_affine(crop_pts, invert_affine(mats)), atol=1e-9)
+    assert uncrop(np.zeros((0, 68, 2)), np.zeros((0, 2, 3))).shape == (0, 68, 2)
+    with pytest.raises(np.linalg.LinAlgError):
+        uncrop(crop_pts[:1], np.array([[[1.0, 2.0, 3.0], [2.0, 4.0, 5.0]]]))
 
 
 def test_roll_angle_makes_crop_upright():

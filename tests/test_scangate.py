@@ -28,7 +28,7 @@ def test_sensor_noise_alone_skips_until_max_skips():
     gate = ChangeGate(max_skips=3)
     gate.scanned(shot(bg, rng), HEAD)
     assert [gate.should_scan(shot(bg, rng), HEAD) for _ in range(4)] == [False] * 3 + [True]
-    assert gate.skipped == 3
+    assert gate.skipped == 3 and gate.recheck      # forced: a recheck of unchanged pixels
     gate.scanned(shot(bg, rng), HEAD)              # the tracker scanned: skipping again
     assert not gate.should_scan(shot(bg, rng), HEAD)
 
@@ -40,7 +40,10 @@ def test_a_face_appearing_outside_the_heads_opens_the_gate():
     scene = bg.copy()
     scene[330:400, 480:540] = 220.0                # 60x70 px: a small face stepping in
     assert gate.changed_cells(shot(scene, rng), HEAD) >= 30
-    assert gate.should_scan(shot(scene, rng), HEAD)
+    assert gate.should_scan(shot(scene, rng), HEAD) and not gate.recheck
+    gate = ChangeGate(max_skips=0)                 # due for a forced scan, but changed:
+    gate.scanned(shot(bg, rng), HEAD)
+    assert gate.should_scan(shot(scene, rng), HEAD) and not gate.recheck   # a full scan
 
 
 def test_a_moving_head_with_its_hair_does_not():
@@ -217,3 +220,30 @@ def test_arrival_scans_retry_until_a_face_starts(tiny_model, astronaut_bgr):
     first = -(-12 // step) * step
     assert found.index(2) == first + ARRIVAL_RETRIES * step - 12
     assert det.calls == 1 + 1 + ARRIVAL_RETRIES
+
+
+def test_forced_scans_of_a_still_scene_skip_the_primary(tiny_model, astronaut_bgr):
+    """The scan forced after ``max_skips`` skipped ticks of an unchanged scene runs the
+    detector's recheck twin (Haar: the fallbacks only)."""
+    from fkp.tracker.detectors import FallbackDetector, HaarDetector
+    from fkp.tracker.tracking import Tracker
+
+    calls: list[str] = []
+
+    class Recording(HaarDetector):
+        def __init__(self, name: str, **kw) -> None:
+            super().__init__(**kw)
+            self.name = name
+
+        def detect(self, gray):
+            calls.append(self.name)
+            return super().detect(gray)
+
+    det = FallbackDetector(Recording("primary"), [Recording("fallback", min_neighbors=3)])
+    one, _ = one_and_two_faces(astronaut_bgr)
+    tracker = Tracker(tiny_model, device="cpu", threads=1, detector=det, redetect_every=5,
+                      async_scan=False)
+    assert [len(tracker.process(one)) for _ in range(21)] == [1] * 21
+    assert tracker.stats["detections"] == 2 and tracker.stats["scans_skipped"] == 3
+    # the first detection: primary + fallback; the forced scan at tick 20: the fallback
+    assert calls == ["primary", "fallback", "fallback"]

@@ -179,3 +179,29 @@ def test_one_euro_reset_and_first_sample():
     np.testing.assert_array_equal(f(x + 20, 66.0), x + 20)
     with pytest.raises(ValueError):
         OneEuroFilter.from_strength(0)
+
+
+def test_recheck_twin_runs_only_the_fallbacks_in_turn():
+    from fkp.tracker.detectors import FallbackDetector, HaarDetector
+
+    class Fixed(HaarDetector):
+        def __init__(self, box, **kw):
+            super().__init__(**kw)
+            self.box, self.calls = np.array([box], np.float64), 0
+
+        def detect(self, gray):
+            self.calls += 1
+            return self.box
+
+    primary = Fixed([0, 0, 10, 10, 0.9])
+    fallbacks = [Fixed([20, 20, 40, 40, 0.8]), Fixed([50, 50, 60, 60, 0.7])]
+    det = FallbackDetector(primary, fallbacks)
+    recheck = det.for_recheck()
+    gray = np.zeros((8, 8), np.uint8)
+    first, second = recheck.detect(gray), recheck.detect(gray)
+    assert primary.calls == 0 and [f.calls for f in fallbacks] == [1, 1]
+    # boxes in the primary's convention, as from detect
+    expected = det.primary_boxes(fallbacks[0], fallbacks[0].box[:, :4])
+    np.testing.assert_allclose(first[:, :4], expected)
+    np.testing.assert_allclose(second[:, 4], [0.7])
+    assert len(det.detect(gray)) == 2 and primary.calls == 1

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fkp.tracker.draw import FpsMeter, draw_fps, draw_result
+from fkp.tracker.draw import FpsMeter, draw_fps, draw_points, draw_result
 from fkp.tracker.tracking import FrameResult
 from fkp.tracker.writers import (CsvWriter, ImageDirOutput, JsonLinesWriter, OutputError,
                                  VideoOutput)
@@ -108,6 +108,35 @@ def test_draw_empty_and_fps_meter():
     for i in range(10):
         fps = m.tick(i * 0.02)
     assert fps == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_dots_are_disks_at_the_rounded_points_clipped_to_the_image(radius):
+    """Each dot: the pixels within ``radius`` (+ a half-pixel allowance) of the rounded point,
+    whatever falls inside the image; the same on colour, gray and non-contiguous images,
+    with every dot inside (one flat assignment) or some across the edge."""
+    def reference(shape, pts):
+        out = np.zeros(shape[:2], bool)
+        for x, y in np.rint(pts[np.isfinite(pts).all(axis=1)]).astype(int):
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    if dx * dx + dy * dy <= radius * radius + radius \
+                            and 0 <= x + dx < shape[1] and 0 <= y + dy < shape[0]:
+                        out[y + dy, x + dx] = True
+        return out
+
+    inside = np.array([[10.4, 7.6], [30.0, 20.0], [np.nan, 5.0], [44.5, 25.5]])
+    edge = np.vstack([inside, [[0.2, 0.0], [49.7, 29.9], [-5.0, 10.0], [1e9, -1e9]]])
+    for pts in (inside, edge):
+        want = reference((30, 50), pts)
+        colour = draw_points(np.zeros((30, 50, 3), np.uint8), pts, radius=radius)
+        assert ((colour == (0, 255, 0)).all(axis=2) == want).all()
+        assert (colour.any(axis=2) == want).all()
+        gray = draw_points(np.zeros((30, 50), np.uint8), pts, radius=radius)
+        assert ((gray == 255) == want).all() and ((gray > 0) == want).all()
+        big = np.zeros((30, 70, 3), np.uint8)
+        view = draw_points(big[:, 10:60], pts, radius=radius)      # not contiguous
+        assert (view.any(axis=2) == want).all() and not big[:, :10].any() and not big[:, 60:].any()
 
 
 def test_json_names_the_image_file(tmp_path):

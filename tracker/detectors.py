@@ -79,7 +79,8 @@ class Detector(Protocol):
     ``for_scan() -> Detector``, a cheaper twin the tracker uses for its periodic scan for
     new faces while it tracks some (as :meth:`HaarDetector.for_scan`), and
     ``for_photo() -> Detector``, a more thorough twin for a frame that gets one chance (as
-    :meth:`HaarDetector.for_photo`)."""
+    :meth:`HaarDetector.for_photo`), and ``for_recheck() -> Detector``, a twin for pixels
+    that the scan twin saw unchanged at the last scan (as :meth:`FallbackDetector.for_recheck`)."""
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         """Gray frame (H, W) uint8 -> (N, 5) x0, y0, x1, y1, score in frame px, best first."""
@@ -93,6 +94,13 @@ class Detector(Protocol):
 #: Working resolution (longest side) of the detectors' photo twins: faces from 24 px there,
 #: 3.75 % of a photo's longest side (the 320 px of video frames: 7.5 %).
 PHOTO_MAX_SIDE = 640
+
+
+def twin(detector: Detector, kind: str) -> Detector:
+    """``detector.for_<kind>()`` (kind: "scan", "recheck" or "photo", see :class:`Detector`)
+    where the detector has it, else the detector itself."""
+    make = getattr(detector, f"for_{kind}", None)
+    return make() if make is not None else detector
 
 
 def _downscale(gray: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -216,26 +224,33 @@ class FallbackDetector:
     the primary's; candidates are merged best first, and the tracker's model verifies them.
     """
 
-    def __init__(self, primary: Detector, fallbacks: list[Detector]) -> None:
+    def __init__(self, primary: Detector, fallbacks: list[Detector],
+                 skip_primary: bool = False) -> None:
         if not fallbacks:
             raise ValueError("FallbackDetector needs at least one fallback")
         if not isinstance(getattr(primary, "factors", None), BoxFactors):
             raise ValueError("FallbackDetector's primary needs its BoxFactors as .factors")
         self.primary, self.fallbacks = primary, list(fallbacks)
+        self.skip_primary = skip_primary
         self.turn = 0
 
     def for_scan(self) -> "FallbackDetector":
         """For the periodic scan while faces are tracked: the primary's scan twin (where it
         has one) with the same fallbacks, which take their own turns."""
-        primary = self.primary.for_scan() if hasattr(self.primary, "for_scan") else self.primary
-        return FallbackDetector(primary, self.fallbacks)
+        return FallbackDetector(twin(self.primary, "scan"), self.fallbacks)
+
+    def for_recheck(self) -> "FallbackDetector":
+        """For a scan of pixels that have not changed since the last scan (the change gate's
+        forced tick in a still scene): the primary has seen them and would find what it
+        found then, so only the fallbacks run, one per call in their own turn; boxes stay
+        in the primary's convention. About half the work of :meth:`detect`."""
+        return FallbackDetector(self.primary, self.fallbacks, skip_primary=True)
 
     def for_photo(self) -> "FallbackDetector":
         """The photo twins (``for_photo``, where they have one) of the primary and of every
         fallback; use it with :meth:`detect_every`."""
-        def photo(d: Detector) -> Detector:
-            return d.for_photo() if hasattr(d, "for_photo") else d
-        return FallbackDetector(photo(self.primary), [photo(f) for f in self.fallbacks])
+        return FallbackDetector(twin(self.primary, "photo"),
+                                [twin(f, "photo") for f in self.fallbacks])
 
     def reset(self) -> None:
         """Start the fallbacks' turns over (as a new detector)."""
@@ -252,7 +267,7 @@ class FallbackDetector:
         return self._merged(gray, self.fallbacks)
 
     def _merged(self, gray: np.ndarray, fallbacks: list[Detector]) -> np.ndarray:
-        found = [self.primary.detect(gray)]
+        found = [_empty() if self.skip_primary else self.primary.detect(gray)]
         for fallback in fallbacks:
             extra = fallback.detect(gray)
             if len(extra):

@@ -37,22 +37,40 @@ def _disk(radius: int) -> np.ndarray:
     return disk
 
 
+@functools.cache
+def _disk_offsets(radius: int, width: int) -> np.ndarray:
+    """:func:`_disk` as offsets (M,) into a row-major image ``width`` px wide."""
+    disk = _disk(radius)
+    return disk[:, 1] * width + disk[:, 0]
+
+
 def draw_points(image: np.ndarray, points: np.ndarray, color=POINT_COLOR, radius: int = 1,
                 antialias: bool = False) -> np.ndarray:
     """Draw (K, 2) points (frame px) as small filled dots.
 
-    Without anti-aliasing all dots are stamped in one vectorised numpy assignment (about
-    20x faster than a ``cv2.circle`` call per point); with it, ``cv2.circle`` sub-pixel.
+    Without anti-aliasing the dots are stamped by numpy indexing (about 7x faster than a
+    ``cv2.circle`` call per point): where every dot lies wholly inside a contiguous image,
+    by one assignment through flat pixel offsets; else pixel by pixel, clipped to the
+    image. With it, ``cv2.circle`` sub-pixel.
     """
     pts = points[np.isfinite(points).all(axis=1)]
     if antialias:
         for x, y in _fixed(pts):
             cv2.circle(image, (int(x), int(y)), radius * _ONE, color, -1, cv2.LINE_AA, SHIFT)
         return image
-    xy = (np.rint(pts).astype(np.int64)[:, None, :] + _disk(radius)[None]).reshape(-1, 2)
     h, w = image.shape[:2]
-    ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-    image[xy[ok, 1], xy[ok, 0]] = color if image.ndim == 3 else color[1]
+    value = color if image.ndim == 3 else color[1]
+    xy = np.rint(pts).astype(np.intp)
+    if not len(xy):
+        return image
+    x, y = xy[:, 0], xy[:, 1]
+    if image.flags.c_contiguous and xy.min() >= radius and x.max() < w - radius \
+            and y.max() < h - radius:
+        image.reshape(h * w, -1)[((y * w + x)[:, None] + _disk_offsets(radius, w)).ravel()] = value
+        return image
+    at = (xy[:, None, :] + _disk(radius)[None]).reshape(-1, 2)
+    ok = (at[:, 0] >= 0) & (at[:, 0] < w) & (at[:, 1] >= 0) & (at[:, 1] < h)
+    image[at[ok, 1], at[ok, 0]] = value
     return image
 
 

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .data import DatasetError, Sample, load_image, read_dataset, select_split
-from .geometry import apply_affine, box_from_points, invert_affine
+from .geometry import box_from_points, uncrop
 from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError, route_onnxruntime_log, unmirror_points
@@ -61,7 +61,7 @@ def mirrored_prediction(model: LandmarkModel, gray: np.ndarray, box: np.ndarray)
     back and relabelled left/right (no flip-test averaging)."""
     mats = model.matrices(box[None])
     pts, _ = model.predict_crops(model.crops(gray, mats)[:, :, ::-1].copy(), flip_test=False)
-    return apply_affine(unmirror_points(pts, model.size), invert_affine(mats))[0]
+    return uncrop(unmirror_points(pts, model.size), mats)[0]
 
 
 def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .cudagraph import GraphRunner
-from .geometry import apply_affine, crop_gray, crop_matrix, invert_affine
+from .geometry import crop_gray, crop_matrix, uncrop
 from .landmarks import FLIP_PERM, NUM_POINTS, shape_plausibility
 from .metadata import METADATA_KEY, MetadataError, ModelMeta
 
@@ -388,9 +388,7 @@ class LandmarkModel:
         """
         mats = self.matrices(boxes, angles)
         pts, scores = self.predict_crops(self.crops(image, mats))
-        if len(mats):
-            pts = apply_affine(pts, invert_affine(mats))
-        return pts, scores
+        return uncrop(pts, mats), scores
 
     def plausibility(self, pts: np.ndarray) -> np.ndarray:
         """Shape score (N,) for points (N, K, 2) in normalised crop coordinates."""

@@ -15,7 +15,9 @@ widened by ``pad`` (left, top, right, bottom; in box widths / heights) for hair,
 ears and neck: a moving head changes those pixels too. A moving body, a moving or shaking
 camera, a light switched on, a person walking in: all change cells, and the scan runs as
 without the gate, so it saves work in still scenes (a person at a desk, a fixed camera).
-Every ``max_skips`` skipped ticks a scan runs anyway. Between ticks the tracker asks
+Every ``max_skips`` skipped ticks a scan runs anyway, a recheck of pixels the last scan saw:
+the tracker runs only the detectors that have not looked at them (the next Haar fallback in
+turn, :meth:`~fkp.tracker.detectors.FallbackDetector.for_recheck`). Between ticks the tracker asks
 :meth:`ChangeGate.arrived` every few frames: a change after a still check means something
 has just appeared, and the scan runs at once instead of up to ``redetect_every`` frames
 later.
@@ -84,6 +86,7 @@ class ChangeGate:
         self._skips = 0
         self._was_changed = True        # no still check seen yet: no arrival
         self.skipped = 0
+        self.recheck = False
 
     def scanned(self, image: np.ndarray, boxes: np.ndarray) -> None:
         """Remember the frame of a scan and the boxes (N, 4) tracked in it."""
@@ -113,10 +116,13 @@ class ChangeGate:
         return int(((np.abs(thumb - self._thumb) > self.level) & outside).sum())
 
     def should_scan(self, image: np.ndarray, boxes: np.ndarray) -> bool:
-        """True when the periodic scan should run on this frame (boxes (N, 4): tracked now)."""
-        if self._skips >= self.max_skips:
-            return True
-        if self._changed(image, boxes):
+        """True when the periodic scan should run on this frame (boxes (N, 4): tracked now).
+        Sets ``recheck``: True when it runs only because ``max_skips`` ticks were skipped,
+        on pixels unchanged since the last scan (a detector that has seen them need not
+        look again; the fallbacks that have not may)."""
+        changed = self._changed(image, boxes)
+        self.recheck = not changed and self._skips >= self.max_skips
+        if changed or self.recheck:
             return True
         self._skips += 1
         self.skipped += 1

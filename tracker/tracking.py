@@ -14,9 +14,10 @@ Per frame:
    threshold, or whose box leaves the frame or collapses, is lost with its smoothing state.
 2. Detection, only when needed: no tracks, a track just lost, every ``redetect_every``
    frames (new faces; skipped while ``max_faces`` tracks run) or on request. The periodic
-   scan uses the detector's cheaper ``for_scan`` twin and is skipped where nothing changed
-   outside the tracked faces since the last scan; something that appears in a still scene
-   between ticks triggers a scan at once (:mod:`~fkp.tracker.scangate`). With
+   scan uses the detector's cheaper ``for_scan`` twin, is skipped where nothing changed
+   outside the tracked faces since the last scan (every few ticks only its ``for_recheck``
+   twin runs there), and something that appears in a still scene between ticks triggers a
+   scan at once (:mod:`~fkp.tracker.scangate`). With
    ``async_scan`` scans run on a worker thread and their faces join a few frames later.
    Detector boxes become landmark boxes (``Detector.to_landmark_box``); those overlapping a
    live track are ignored; new faces get two passes (the landmark box, then the box of
@@ -43,8 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .detectors import Detector, iou, make_detector
-from .geometry import apply_affine, box_from_points, eye_roll, invert_affine
+from .detectors import Detector, iou, make_detector, twin
+from .geometry import box_from_points, eye_roll, uncrop
 from .landmarks import NUM_POINTS
 from .runtime import LandmarkModel, ModelError
 from .results import Face, FrameResult, as_image, to_gray
@@ -78,13 +79,12 @@ class Tracker:
     ``threads``: onnxruntime intra-op threads (None = its default).
     ``min_detection_score``: detector candidates below it are ignored (default: 0 for models
     with a face score, which verifies every candidate; 0.65 otherwise, e.g. 8 Haar votes).
-    ``async_scan``: run the periodic new-face scan on a worker thread (default); False makes
-    every detection synchronous, so a video gives the same output on every run.
-    ``flip_test``: average each crop's prediction with its mirror image's (twice the
-    inference work; see :class:`~fkp.tracker.runtime.LandmarkModel`).
+    ``async_scan``: periodic new-face scans on a worker thread (default); False makes every
+    detection synchronous, so a video gives the same output on every run. ``flip_test``:
+    average each crop's prediction with its mirror image's (twice the inference work).
     ``scan_gate``: skip a periodic scan when nothing changed outside the tracked faces since
     the last one, and scan at once when something appears between periodic scans (default;
-    False scans every ``redetect_every`` frames regardless, and only then).
+    False scans every ``redetect_every`` frames regardless, and only then, in full).
     ``half``: on a GPU, the model's body in float16 (see ``LandmarkModel``).
     ``still_hold``: smooth a face's points hard while its picture holds still
     (:mod:`~fkp.tracker.stillness`; default; needs ``smooth`` > 0).
@@ -107,13 +107,12 @@ class Tracker:
                              f"points, so it needs a {NUM_POINTS}-point model (fkp-eval "
                              "scores this one)")
         self.detector = make_detector(detector)
-        # the periodic scan for new faces while tracking runs "cheaply" where the detector
-        # has a cheaper twin (Haar: without the smallest scales, ~2/3 of the work)
-        self.scan_detector = self.detector.for_scan() if hasattr(self.detector, "for_scan") \
-            else self.detector
-        # after forget() (a photo): the thorough twin, every fallback at once
-        self.photo_detector = self.detector.for_photo() \
-            if hasattr(self.detector, "for_photo") else self.detector
+        # twins, where the detector has them: periodic scans while tracking run a cheaper one
+        # (Haar: without the smallest scales, ~2/3 of the work), rechecks of an unchanged
+        # scene only what has not seen it, a photo (after forget()) the thorough one
+        self.scan_detector = twin(self.detector, "scan")
+        self.recheck_detector = twin(self.scan_detector, "recheck")
+        self.photo_detector = twin(self.detector, "photo")
         self.smooth, self.redetect_every, self.max_faces = smooth, redetect_every, max_faces
         self.iou_threshold, self.still_hold = iou_threshold, still_hold
         self.async_scan = async_scan
@@ -159,7 +158,7 @@ class Tracker:
         and the detectors' turns (``reset()``, where they have one): as a new tracker.
         Detect on the next frame."""
         self._clear()
-        for d in (self.detector, self.scan_detector):     # (the same object twice: harmless)
+        for d in (self.detector, self.scan_detector, self.recheck_detector):  # (repeats: harmless)
             if hasattr(d, "reset"):
                 d.reset()
         self._one_chance = False
@@ -200,12 +199,12 @@ class Tracker:
 
     def track(self, source, photos: bool | None = None) -> Iterator[tuple[Frame, FrameResult]]:
         """Track every frame of ``source``: a :class:`~fkp.tracker.sources.Source` or what
-        :func:`~fkp.tracker.sources.open_source` takes (camera index or device, stream URL,
-        video file or URL, image folder or glob). Yields ``(frame, result)``; ``frame.image``
-        is the BGR (H, W, 3) frame. The tracker is :meth:`reset` first, so a video gives
-        the same results on every run (with ``async_scan=False``). ``photos`` (default: the
-        source's ``is_still``) takes each frame as an unrelated photo (:meth:`forget` before
-        it). The source is closed at the end, also when the caller stops early."""
+        :func:`~fkp.tracker.sources.open_source` takes (camera, stream URL, video file or
+        URL, image folder or glob). Yields ``(frame, result)``, ``frame.image`` the BGR (H,
+        W, 3) frame. :meth:`reset` first, so a video gives the same results on every run
+        (with ``async_scan=False``). ``photos`` (default: the source's ``is_still``): each
+        frame is an unrelated photo (:meth:`forget` before it). Closes the source at the
+        end, also when the caller stops early."""
         from .sources import Source, open_source
 
         src = source if isinstance(source, Source) else open_source(source)
@@ -221,11 +220,9 @@ class Tracker:
 
     def process(self, frame: np.ndarray, timestamp_ms: float | None = None,
                 index: int | None = None) -> FrameResult:
-        """Track faces in one frame (BGR (H, W, 3) or gray (H, W) uint8).
-
-        ``timestamp_ms`` drives the smoothing (default: wall clock since the first frame);
-        ``index`` is copied to the result (default: frames processed so far).
-        """
+        """Track faces in one frame (BGR (H, W, 3) or gray (H, W) uint8). ``timestamp_ms``
+        drives the smoothing (default: wall clock since the first frame); ``index`` is
+        copied to the result (default: frames processed so far)."""
         t_start = time.perf_counter()
         self.timings.update(dict.fromkeys(STAGES, 0.0))
         image = as_image(frame)     # made gray only where a crop reads it (while tracking)
@@ -233,8 +230,7 @@ class Tracker:
             if self._t0 is None:
                 self._t0 = t_start
             timestamp_ms = (t_start - self._t0) * 1000.0
-        if index is None:
-            index = self._frame_no
+        index = self._frame_no if index is None else index
         self._frame_no += 1
         self.stats["frames"] += 1
         h, w = image.shape[:2]
@@ -251,11 +247,13 @@ class Tracker:
             self._start_tracks(image, w, h, dets)
             detected = True
         if (due or arrival) and (len(self._tracks) < self.max_faces or self._detect_requested):
-            if not (urgent or arrival) and self._scan is None and not self._gate_open(image):
+            scanner = self.detector if urgent else self.scan_detector
+            if not (urgent or arrival) and self._scan is None:
+                scanner = self._gated_scanner(image)
+            if scanner is None:
                 self._since_detect = 0           # nothing new can be there: skip this scan
             elif urgent or not self.async_scan:
-                scanner = self.detector if urgent else self.scan_detector
-                self._start_tracks(image, w, h, self._run_detector(to_gray(image), scanner))
+                self._start_tracks(image, w, h, self._run_detector(image, scanner))
                 self._gate_scanned(image)
                 detected = True
             elif self._scan is None:             # (while a scan runs, nothing to convert)
@@ -264,7 +262,7 @@ class Tracker:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="fkp-scan")
                 own = gray.copy() if np.shares_memory(gray, frame) else gray  # caller may reuse
-                self._scan = self._pool.submit(self.scan_detector.detect, own)
+                self._scan = self._pool.submit(scanner.detect, own)
                 self._since_detect = 0
                 self.stats["detections"] += 1
 
@@ -299,11 +297,10 @@ class Tracker:
         t1 = time.perf_counter()
         pts, scores = m.predict_crops(crops)
         t2 = time.perf_counter()
-        pts = apply_affine(pts, invert_affine(mats))
+        pts = uncrop(pts, mats)
         t3 = time.perf_counter()
-        self.timings["crop"] += (t1 - t0) * 1000.0
-        self.timings["infer"] += (t2 - t1) * 1000.0
-        self.timings["post"] += (t3 - t2) * 1000.0
+        for stage, a, b in (("crop", t0, t1), ("infer", t1, t2), ("post", t2, t3)):
+            self.timings[stage] += (b - a) * 1000.0
         self.stats["model_calls"] += 1
         return pts, scores
 
@@ -332,14 +329,17 @@ class Tracker:
         self._tracks = kept
         return n_lost > 0
 
-    def _gate_open(self, image: np.ndarray) -> bool:
-        """The change gate's verdict for a periodic scan (timed as ``detect``)."""
+    def _gated_scanner(self, image: np.ndarray) -> Detector | None:
+        """The periodic scan's detector by the change gate's verdict (timed as ``detect``):
+        None (nothing changed outside the tracked faces: skip), the recheck twin (unchanged,
+        but ``max_skips`` ticks were skipped) or the scan twin."""
         if self.gate is None:
-            return True
+            return self.scan_detector
         with self._timed("detect"):
             ok = self.gate.should_scan(image, self._boxes())
         self.stats["scans_skipped"] += not ok
-        return ok
+        return None if not ok else self.recheck_detector if self.gate.recheck \
+            else self.scan_detector
 
     def _arrival(self, image: np.ndarray) -> bool:
         """Scan now, between periodic scans? (:class:`~fkp.tracker.scangate.ArrivalWatch`,
@@ -362,11 +362,12 @@ class Tracker:
         return box_from_points(np.stack([t.points for t in self._tracks])) if self._tracks \
             else np.zeros((0, 4))
 
-    def _run_detector(self, gray: np.ndarray, detector: Detector | None = None) -> np.ndarray:
-        """Synchronous detection with ``detector`` (default: the thorough one): (N, 5)
-        detector boxes, timed as ``detect``."""
+    def _run_detector(self, image: np.ndarray, detector: Detector | None = None) -> np.ndarray:
+        """Synchronous detection with ``detector`` (default: the thorough one) on the frame
+        (BGR (H, W, 3) or gray): (N, 5) detector boxes, timed as ``detect``."""
         detector = self.photo_detector if self._one_chance else detector or self.detector
         with self._timed("detect"):
+            gray = to_gray(image)
             dets = detector.detect_every(gray) if self._one_chance and \
                 hasattr(detector, "detect_every") else detector.detect(gray)
         self._one_chance = False

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fkp.tracker.geometry import apply_affine, invert_affine
+from fkp.tracker.geometry import uncrop
 from fkp.tracker.landmarks import interocular, shape_plausibility
 
 from .dataset import FaceDataset, normalise
@@ -49,7 +49,7 @@ def predict(model: torch.nn.Module, ds: FaceDataset, batch: int = 64) -> dict[st
         crops += [g for g, _, _ in items]
         mats += [m for _, _, m in items]
     pc = np.concatenate(pts_crop) if pts_crop else np.zeros((0, len(ds.indices), 2))
-    orig = apply_affine(pc, invert_affine(np.stack(mats))) if len(mats) else pc
+    orig = uncrop(pc, np.stack(mats)) if len(mats) else pc
     return {"crop_points": pc, "points": orig, "crops": crops,
             "scores": np.concatenate(scores) if scores else np.zeros(0)}
 
