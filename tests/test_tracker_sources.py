@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, FRAME_H, FRAME_W
-from fkp.tracker import camera
+from fkp.tracker import camera, sources
 from fkp.tracker.camera import CameraSource
 from fkp.tracker.sources import (ImageSource, SourceError, VideoSource, is_live_spec, is_url,
                                  is_video_file_url, open_source, redact_url)
@@ -39,6 +39,28 @@ def test_video_every_frame_in_order(face_video, prefetch):
         ok, image = cap.read()
         assert ok and np.array_equal(f.image, image)
     cap.release()
+
+
+def test_a_decoder_beside_the_frame_loop_keeps_to_the_spare_cores(face_video, monkeypatch):
+    """A prefetching video source asks FFmpeg for the cores beside the frame loop's two busy
+    threads (at least one); decoding on the caller's thread keeps FFmpeg's default."""
+    for cores, threads in ((None, 1), (1, 1), (2, 1), (4, 2), (16, 14)):
+        monkeypatch.setattr(sources.os, "cpu_count", lambda: cores)
+        assert sources.decode_ahead_threads() == threads
+    opened = []
+    real = cv2.VideoCapture
+
+    def capture(*args):
+        opened.append(args[2] if len(args) > 2 else None)
+        return real(*args)
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", capture)
+    monkeypatch.setattr(sources.os, "cpu_count", lambda: 2)
+    if not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG):
+        pytest.skip("OpenCV without FFmpeg")
+    assert len(list(open_source(face_video, prefetch=3))) == N_FRAMES
+    assert len(list(open_source(face_video, prefetch=0))) == N_FRAMES
+    assert opened == [[cv2.CAP_PROP_N_THREADS, 1], []]
 
 
 def test_prefetching_video_stops_its_thread_when_the_consumer_stops(face_video):
