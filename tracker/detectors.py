@@ -77,7 +77,7 @@ YUNET_FACTORS = BoxFactors(dx=0.0, dy=0.06, sx=1.0, sy=0.92)
 class Detector(Protocol):
     """What the tracker needs from a face detector. A detector may also offer
     ``for_scan() -> Detector``, a cheaper twin the tracker uses for its periodic scan for
-    new faces while it tracks some (as :meth:`HaarDetector.for_scan`), and
+    new faces while it tracks some (as :meth:`HaarDetector.for_scan`),
     ``for_photo() -> Detector``, a more thorough twin for a frame that gets one chance (as
     :meth:`HaarDetector.for_photo`), and ``for_recheck() -> Detector``, a twin for pixels
     that the scan twin saw unchanged at the last scan (as :meth:`FallbackDetector.for_recheck`)."""
@@ -222,6 +222,7 @@ class FallbackDetector:
     boxes are returned in the primary's convention (mapped through the landmark box: the
     primary needs its :class:`BoxFactors` as ``factors``), so :meth:`to_landmark_box` is
     the primary's; candidates are merged best first, and the tracker's model verifies them.
+    ``skip_primary``: run the fallbacks only (:meth:`for_recheck`).
     """
 
     def __init__(self, primary: Detector, fallbacks: list[Detector],
