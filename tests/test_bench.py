@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from fkp.tracker import bench
@@ -90,7 +91,8 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     (["--video", "VIDEO", "--model", "/nonexistent/m.onnx"], 1),
     (["--video", "VIDEO", "--frames", "-1"], 2),
     (["--video", "VIDEO", "--prefetch", "-1"], 2),
-    (["--video", "VIDEO", "--vs", "mediapipe"], 2),
+    (["--video", "VIDEO", "--vs", "mediapipe"], 1),          # no such model: before any run
+    (["--video", "VIDEO", "--vs", "dlib", "--rounds", "0"], 2),
     ([], 2),
     (["--infer-only", "--runs", "0"], 2),
     (["--infer-only", "--batch", "0"], 2),
@@ -107,6 +109,33 @@ def test_bench_bad_input(capsys, face_video, tiny_model, argv, code):
     assert got == code
     assert len(err) == 1 and err[0].startswith("fkp-bench: error:"), err
     assert "Traceback" not in err[0]
+
+
+def test_bench_vs_a_model_alternates_rounds_and_takes_the_median_ratio(
+        capsys, tiny_model, face_video, monkeypatch):
+    """--vs MODEL --rounds 3: the loops run A B, B A, A B (each tracker reset first), both
+    pool their rounds' timed frames, and the speed-up is the median of the rounds' ratios."""
+    order = []
+    real = bench.run_fkp
+
+    def spy(args, tracker, on_result=None):
+        order.append(tracker)
+        assert tracker.stats["frames"] == 0          # reset before every round
+        return real(args, tracker, on_result)
+
+    monkeypatch.setattr(bench, "run_fkp", spy)
+    code, out, err = run(capsys, "--video", str(face_video), "--model", str(tiny_model),
+                         "--device", "cpu", "--frames", "8", "--warmup", "2",
+                         "--vs", str(tiny_model), "--rounds", "3")
+    assert code == 0, err
+    a, b = order[0], order[1]
+    assert a is not b and order == [a, b, b, a, a, b]
+    res = json.loads(out[-1])
+    assert res["rounds"] == 3 and len(res["speedups"]) == 3
+    assert res["frames"] == res["vs_model"]["frames"] == 3 * 6
+    assert res["speedup_vs_model"] == round(float(np.median(res["speedups"])), 2) > 0
+    assert res["vs_model"]["model"].endswith("tiny.onnx") and "dlib" not in res
+    assert "median of 3 alternating rounds" in out[-2]
 
 
 def test_bench_help(capsys):

@@ -11,14 +11,20 @@ some frames, so ``detect`` is its cost averaged over all frames.
 
 ``--vs dlib`` runs :mod:`fkp.tracker.dlib_loop` (HOG detector + 68-point shape predictor
 every frame) on the same frames of the same video, re-decoded, with the same drawing, and
-reports ``speedup_vs_dlib = fps / dlib fps``. ``--csv`` / ``--dlib-csv`` write both loops'
-points in the ``fkp-track --csv`` layout, for ``fkp-testvideo score``.
+reports ``speedup_vs_dlib = fps / dlib fps``; ``--vs MODEL`` runs fkp-track with that model
+(shipped name or path) the same way and reports ``speedup_vs_model``. ``--rounds N`` runs
+each loop N times, alternating (A B, B A, A B, ...), so that a machine whose speed drifts
+affects both alike: each loop's figures pool its rounds, and the speed-up is the median of
+the rounds' ratios (``speedups``: each round's). ``--csv`` / ``--dlib-csv`` write both
+loops' points (first round) in the ``fkp-track --csv`` layout, for ``fkp-testvideo score``.
 
 The last stdout line is one JSON object: ``fps``, ``median_ms`` (the median frame's total
 ms), ``stages_ms``, ``provider``, ``model``, ``arch``, ``video``, ``frames`` (timed),
-``faces_per_frame``, ``detector``, ``threads``, and with ``--vs dlib`` also ``dlib``
-(``{"fps", "median_ms", "stages_ms", "faces_per_frame", "upsample", "version"}``, or
-``{"error": "..."}`` when dlib is not installed) and ``speedup_vs_dlib``.
+``faces_per_frame``, ``detector``, ``threads``, ``detector_runs``, ``scans_skipped`` (last
+round); with ``--vs`` ``rounds``, ``speedups`` and ``dlib`` (``fps``, ``median_ms``,
+``stages_ms``, ``frames``, ``faces_per_frame``, ``upsample``, ``version``; or ``error``
+when dlib is not installed) and ``speedup_vs_dlib``, or ``vs_model`` (the same, with
+``model`` and ``arch``) and ``speedup_vs_model``.
 ``--infer-only`` times just the network: ``--batch`` face crops per call (default 1),
 ``--runs`` calls after ``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median
 milliseconds per face: per call / batch), ``infer_ms_mean``, ``batch``, ``provider``,
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "crop, infer, post, draw), optionally against the classic dlib loop.",
                  epilog="examples:\n  fkp-bench --video one.mp4\n"
                         "  fkp-bench --video one.mp4 --model resnet50 --device cuda\n"
+                        "  fkp-bench --video one.mp4 --vs fastnet-192-int8 --rounds 5\n"
                         "  fkp-bench --video one.mp4 --vs dlib --csv fkp.csv --dlib-csv dlib.csv"
                         "\n  fkp-testvideo score one.truth.csv dlib.csv",
                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -92,7 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="frames to process, 0 = whole video (default: 300)")
     ap.add_argument("--warmup", type=int, default=5, metavar="N",
                     help="first frames processed but not timed (default: 5)")
-    ap.add_argument("--vs", choices=("dlib",), help="also run this baseline on the same frames")
+    ap.add_argument("--vs", metavar="dlib|MODEL", help="also run a baseline on the same "
+                    "frames: the classic dlib loop, or fkp-track with another model (shipped "
+                    "name or .onnx path); prints both and the frame-rate ratio")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N", help="with --vs: run each "
+                    "loop N times, alternating; the ratio is the rounds' median (default: 1)")
     ap.add_argument("--dlib-upsample", type=int, default=1, metavar="N",
                     help="HOG upsampling of the dlib loop (default: 1, dlib's usual)")
     ap.add_argument("--csv", metavar="FILE", help="write fkp-track's points (fkp-track --csv "
@@ -115,6 +126,18 @@ class LoopStats:
         for k in self.stages:
             self.times.setdefault(k, []).append(float(ms.get(k, 0.0)))
         self.faces.append(n_faces)
+
+    @classmethod
+    def pooled(cls, rounds: list["LoopStats"], warmup: int) -> dict:
+        """:meth:`summary` over the timed frames of several rounds of one loop (each round's
+        first ``warmup`` frames left out)."""
+        out = cls(rounds[0].stages)
+        for r in rounds:
+            start = warmup if len(r.faces) > warmup else 0
+            for k, v in r.times.items():
+                out.times.setdefault(k, []).extend(v[start:])
+            out.faces.extend(r.faces[start:])
+        return out.summary(0)
 
     def summary(self, warmup: int) -> dict:
         """Means over frames after ``warmup`` (all frames when there are no more), and the
@@ -240,28 +263,64 @@ def bench_inference(args) -> dict:
             "cuda_graph": model.cuda_graph, "half": model.half}
 
 
+def _tracker(args, model: str):
+    """A :class:`~fkp.tracker.tracking.Tracker` with ``model`` and the pipeline options."""
+    from .tracking import Tracker
+
+    built = model_from_args(argparse.Namespace(**{**vars(args), "model": model}))
+    return Tracker(built, detector=args.detector, redetect_every=args.redetect_every,
+                   async_scan=args.async_detect, scan_gate=not args.always_scan,
+                   still_hold=not args.no_still_hold)
+
+
+def _rounds(args, tracker, base, writers: dict) -> tuple[list, list, object, str | None]:
+    """``--rounds`` alternating runs (A B, B A, ...) of the fkp loop and the baseline (an fkp
+    Tracker ``base``, else the dlib loop where ``--vs dlib``): per-round LoopStats of each,
+    the dlib loop and why it could not run (or None). CSVs from the first round."""
+    from .dlib_loop import DlibUnavailable
+
+    mine, theirs, loop, dlib_error = [], [], None, None
+    for r in range(args.rounds):
+        for name in ("fkp", "base") if r % 2 == 0 else ("base", "fkp"):
+            w = writers.get(name) if r == 0 else None
+            on_result = w.write if w else None
+            if name == "fkp":
+                tracker.reset()
+                mine.append(run_fkp(args, tracker, on_result))
+            elif base is not None:
+                base.reset()
+                theirs.append(run_fkp(args, base, on_result))
+            elif args.vs == "dlib" and dlib_error is None:
+                try:
+                    stats, loop = run_dlib(args, on_result)
+                    theirs.append(stats)
+                except DlibUnavailable as exc:
+                    dlib_error = str(exc)
+    return mine, theirs, loop, dlib_error
+
+
 def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
-    from .tracking import Tracker
     from .writers import CsvWriter, check_writable
 
     for p in (args.csv, args.dlib_csv):
         if p:
             check_writable(p)
-    model = model_from_args(args)
-    tracker = Tracker(model, detector=args.detector, redetect_every=args.redetect_every,
-                      async_scan=args.async_detect, scan_gate=not args.always_scan,
-                      still_hold=not args.no_still_hold)
-    writer = CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None
+    if args.dlib_csv:
+        args.vs = "dlib"
+    tracker = _tracker(args, args.model)
+    base = _tracker(args, args.vs) if args.vs and args.vs != "dlib" else None   # fails fast
+    writers = {"fkp": CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None,
+               "base": CsvWriter(args.dlib_csv) if args.dlib_csv else None}
     try:
-        stats = run_fkp(args, tracker, writer.write if writer else None)
+        mine, theirs, loop, dlib_error = _rounds(args, tracker, base, writers)
     finally:
-        tracker.close()
-        if writer:
-            writer.close()
-    if not stats.faces:
+        for closable in (tracker, base, *writers.values()):
+            if closable is not None:
+                closable.close()
+    if not mine[0].faces:
         raise ValueError(f"{args.video}: no frames")
-    s = stats.summary(args.warmup)
+    s = LoopStats.pooled(mine, args.warmup)
     model = tracker.model
     print(f"fkp-track: {model.describe()}; detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
@@ -274,26 +333,29 @@ def bench(args) -> dict:
            "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],
            "scans_skipped": tracker.stats["scans_skipped"]}
-    if args.vs == "dlib" or args.dlib_csv:
-        from .dlib_loop import DlibUnavailable
-
-        writer = CsvWriter(args.dlib_csv) if args.dlib_csv else None
-        try:
-            d_stats, loop = run_dlib(args, writer.write if writer else None)
-            d = d_stats.summary(args.warmup)
-            print(_stage_line(f"dlib {loop.version} (HOG upsample {loop.upsample} + "
-                              "shape_predictor_68)", d))
-            ratio = round(s["fps"] / max(d["fps"], 1e-9), 2)
-            print(f"fkp-track / dlib: {ratio:.2f}x the frame rate")
-            out["dlib"] = dict(d, upsample=loop.upsample, version=loop.version)
-            out["speedup_vs_dlib"] = ratio
-        except DlibUnavailable as exc:
-            print(f"dlib baseline skipped: {exc}")
-            out["dlib"] = {"error": str(exc)}
-            out["speedup_vs_dlib"] = None
-        finally:
-            if writer:
-                writer.close()
+    if not args.vs:
+        return out
+    key = "dlib" if base is None else "model"
+    out["rounds"] = args.rounds
+    if dlib_error is not None:
+        print(f"dlib baseline skipped: {dlib_error}")
+        out.update(dlib={"error": dlib_error}, speedup_vs_dlib=None, speedups=[])
+        return out
+    b = LoopStats.pooled(theirs, args.warmup)
+    ratios = [round(m.summary(args.warmup)["fps"] / max(t.summary(args.warmup)["fps"], 1e-9), 3)
+              for m, t in zip(mine, theirs)]
+    ratio = round(float(np.median(ratios)), 2)
+    if base is None:
+        name = f"dlib {loop.version} (HOG upsample {loop.upsample} + shape_predictor_68)"
+        out["dlib"] = dict(b, upsample=loop.upsample, version=loop.version)
+    else:
+        name = base.model.path.name
+        out["vs_model"] = dict(b, model=str(base.model.path), arch=base.model.meta.arch)
+    print(_stage_line(name, b))
+    print(f"fkp-track / {'dlib' if base is None else name}: {ratio:.2f}x the frame rate" +
+          (f" (median of {args.rounds} alternating rounds: "
+           f"{' '.join(f'{r:.2f}' for r in ratios)})" if args.rounds > 1 else ""))
+    out.update({f"speedup_vs_{key}": ratio, "speedups": ratios})
     return out
 
 
@@ -304,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
                         format=f"{PROG}: %(levelname)s: %(message)s")
     if args.frames < 0 or args.warmup < 0 or args.redetect_every < 0 or \
             args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1) or \
-            args.runs < 1 or args.prefetch < 0 or args.batch < 1:
+            args.runs < 1 or args.prefetch < 0 or args.batch < 1 or args.rounds < 1:
         print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample, "
-              "--prefetch must be >= 0, --threads, --runs and --batch >= 1", file=sys.stderr)
+              "--prefetch must be >= 0, --threads, --runs, --batch and --rounds >= 1",
+              file=sys.stderr)
         return 2
     if not args.video and not args.infer_only:
         print(f"{PROG}: error: give --video PATH (or --infer-only)", file=sys.stderr)
