@@ -93,6 +93,7 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     (["--video", "VIDEO", "--prefetch", "-1"], 2),
     (["--video", "VIDEO", "--vs", "mediapipe"], 1),          # no such model: before any run
     (["--video", "VIDEO", "--vs", "dlib", "--rounds", "0"], 2),
+    (["--video", "VIDEO", "--vs", "fastnet", "--dlib-csv", "d.csv"], 2),
     ([], 2),
     (["--infer-only", "--runs", "0"], 2),
     (["--infer-only", "--batch", "0"], 2),

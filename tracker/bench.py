@@ -303,11 +303,8 @@ def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
     from .writers import CsvWriter, check_writable
 
-    for p in (args.csv, args.dlib_csv):
-        if p:
-            check_writable(p)
-    if args.dlib_csv:
-        args.vs = "dlib"
+    for p in filter(None, (args.csv, args.dlib_csv)):
+        check_writable(p)
     tracker = _tracker(args, args.model)
     base = _tracker(args, args.vs) if args.vs and args.vs != "dlib" else None   # fails fast
     writers = {"fkp": CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None,
@@ -325,9 +322,8 @@ def bench(args) -> dict:
     print(f"fkp-track: {model.describe()}; detector {type(tracker.detector).__name__}")
     print(_stage_line("fkp-track", s))
     out = {"fps": s["fps"], "median_ms": s["median_ms"], "stages_ms": s["stages_ms"],
-           "provider": tracker.provider,
-           "model": str(model.path), "arch": model.meta.arch, "video": str(args.video),
-           "cuda_graph": model.cuda_graph, "half": model.half,
+           "provider": tracker.provider, "model": str(model.path), "arch": model.meta.arch,
+           "video": str(args.video), "cuda_graph": model.cuda_graph, "half": model.half,
            "frames": s["frames"], "faces_per_frame": s["faces_per_frame"],
            "detector": type(tracker.detector).__name__,
            "threads": args.threads or default_cpu_threads(),
@@ -335,8 +331,7 @@ def bench(args) -> dict:
            "scans_skipped": tracker.stats["scans_skipped"]}
     if not args.vs:
         return out
-    key = "dlib" if base is None else "model"
-    out["rounds"] = args.rounds
+    key, out["rounds"] = "dlib" if base is None else "model", args.rounds
     if dlib_error is not None:
         print(f"dlib baseline skipped: {dlib_error}")
         out.update(dlib={"error": dlib_error}, speedup_vs_dlib=None, speedups=[])
@@ -374,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.video and not args.infer_only:
         print(f"{PROG}: error: give --video PATH (or --infer-only)", file=sys.stderr)
         return 2
+    if args.dlib_csv and args.vs not in (None, "dlib"):
+        print(f"{PROG}: error: --dlib-csv goes with --vs dlib, not --vs {args.vs}",
+              file=sys.stderr)
+        return 2
+    args.vs = "dlib" if args.dlib_csv else args.vs
     from .detectors import DetectorError
     from .metadata import MetadataError
     from .runtime import ModelError, route_onnxruntime_log
