@@ -133,18 +133,21 @@ class LoopStats:
         first ``warmup`` frames left out)."""
         out = cls(rounds[0].stages)
         for r in rounds:
-            start = warmup if len(r.faces) > warmup else 0
+            start = r.first_timed(warmup)
             for k, v in r.times.items():
                 out.times.setdefault(k, []).extend(v[start:])
             out.faces.extend(r.faces[start:])
         return out.summary(0)
 
+    def first_timed(self, warmup: int) -> int:
+        """Index of the first timed frame: ``warmup``, or 0 where there are no more frames."""
+        return warmup if len(self.faces) > warmup else 0
+
     def summary(self, warmup: int) -> dict:
         """Means over frames after ``warmup`` (all frames when there are no more), and the
         median frame time ``median_ms`` (steadier than the mean where other work on the
         machine stalls some frames)."""
-        n = len(self.faces)
-        start = warmup if n > warmup else 0
+        n, start = len(self.faces), self.first_timed(warmup)
         mean = {k: round(float(np.mean(v[start:])), 3) for k, v in self.times.items()}
         total = float(np.sum(self.times["total"][start:]))
         return {"fps": round((n - start) / max(total / 1000.0, 1e-9), 2),
