@@ -41,8 +41,10 @@ import numpy as np
 from fkp.tracker.data import DatasetError
 from fkp.tracker.metadata import ModelMeta
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
+from fkp.tracker.writers import OutputError
 
-from .onnx_export import held_out_metrics, portable_path, publish, set_metadata
+from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
+                          set_metadata)
 
 # metadata fields every member must share (the crop format and what comes out)
 SHARED = ("input_size", "num_points", "crop_margin", "norm_scale", "norm_offset",
@@ -137,6 +139,7 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
 
     if len(members) < 2:
         raise EnsembleError("an ensemble needs at least two models")
+    check_destination(out, members)
     models = [LandmarkModel(m, "cpu") for m in members]
     metas = [m.meta for m in models]
     for f in SHARED + (("arch",) if soup else ()):
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ensemble([resolve_model(m, "cpu") for m in members], Path(out), args.data,
                  args.val_fraction, card=not args.no_card, soup=args.soup)
-    except (EnsembleError, ModelError, DatasetError, OSError) as exc:
+    except (EnsembleError, ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-ensemble: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")

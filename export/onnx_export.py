@@ -24,6 +24,7 @@ import numpy as np
 
 from fkp.tracker.landmarks import NUM_POINTS
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
+from fkp.tracker.writers import OutputError, check_outputs
 
 log = logging.getLogger("fkp.export")
 TOLERANCE = 1e-3
@@ -85,8 +86,18 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
                  or k.startswith("score_")})
 
 
+def check_destination(out: str | os.PathLike, inputs: list) -> None:
+    """Before any work of fkp-export, fkp-quantize or fkp-ensemble: raise
+    :class:`~fkp.tracker.writers.OutputError` when ``out`` is a folder or names one of the
+    ``inputs`` (writing it would destroy that input)."""
+    if Path(out).is_dir():
+        raise OutputError(f"cannot write {out}: it is a directory")
+    check_outputs({"the output": out}, inputs)
+
+
 def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True) -> float:
-    """Export and verify. Returns the max torch/onnxruntime difference. Raises ExportError."""
+    """Export and verify. Returns the max torch/onnxruntime difference. Raises ExportError
+    (OutputError where ``out`` cannot be written or is the checkpoint)."""
     import onnx
     import onnxruntime as ort
     import torch
@@ -94,6 +105,7 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
     from fkp.train.models import create_model
     from fkp.train.trainer import load_checkpoint
 
+    check_destination(out, [checkpoint])
     try:
         ck = load_checkpoint(checkpoint)
     except ValueError as exc:
@@ -259,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         export(args.checkpoint, args.out, card=not args.no_card)
-    except (ExportError, OSError) as exc:
+    except (ExportError, OutputError, OSError) as exc:
         print(f"fkp-export: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

@@ -40,8 +40,10 @@ import numpy as np
 from fkp.tracker.data import DatasetError, load_image, read_dataset, select_split
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
+from fkp.tracker.writers import OutputError
 
-from .onnx_export import held_out_metrics, portable_path, publish, set_metadata
+from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
+                          set_metadata)
 
 INT8_OPS = ["Conv", "Add", "Relu", "Resize", "MaxPool", "AveragePool"]
 # activation range estimators (onnxruntime's): min-max of the calibration crops, or a
@@ -106,7 +108,11 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method, extra, described = CALIBRATIONS[calibration]
+    check_destination(out, [src])
     ref = LandmarkModel(src, "cpu")
+    if ref.meta.training.get("quantization"):
+        raise QuantizeError(f"{src} is already quantized to 8 bits; give the float model it "
+                            "was made from")
     inputs = calibration_inputs(ref, datasets, count, val_fraction)
 
     class Reader(CalibrationDataReader):
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         src = resolve_model(args.model, "cpu")
         quantize(src, args.out, args.data, args.count, args.val_fraction, args.max_loss,
                  card=not args.no_card, calibration=args.calibration)
-    except (QuantizeError, ModelError, DatasetError, OSError) as exc:
+    except (QuantizeError, ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-quantize: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}")

@@ -97,6 +97,10 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     ([], 2),
     (["--infer-only", "--runs", "0"], 2),
     (["--infer-only", "--batch", "0"], 2),
+    (["--video", "VIDEO", "--rounds", "3"], 2),               # options that would be ignored
+    (["--video", "VIDEO", "--batch", "8"], 2),
+    (["--infer-only", "--video", "VIDEO"], 2),
+    (["--video", "VIDEO", "--csv", "VIDEO"], 1),              # would overwrite the video
 ])
 def test_bench_bad_input(capsys, face_video, tiny_model, argv, code):
     argv = [str(face_video) if a == "VIDEO" else a for a in argv]

@@ -17,6 +17,7 @@ import pytest
 from conftest import (BLANK_FRAMES, FACE_FRAMES, FACE_FRAMES_2, FRAME_H, FRAME_W, face_frame,
                       make_tiny_model)
 from fkp.tracker import cli
+from fkp.tracker.argtypes import frame_size
 
 N_COLS = 4 + 136
 
@@ -229,7 +230,7 @@ def test_camera_size_is_checked(capsys, face_video, argv):
         cli.main([*argv, "--no-display"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--camera-size" in err.splitlines()[-1]
-    assert cli.frame_size("1280x720") == (1280, 720)
+    assert frame_size("1280x720") == (1280, 720)
 
 
 def _default_sigint() -> None:

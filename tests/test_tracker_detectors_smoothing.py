@@ -138,7 +138,7 @@ def test_make_detector_and_yunet_errors(tmp_path):
         YuNetDetector(tmp_path / "nope.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    with pytest.raises(DetectorError, match="cannot load YuNet"):
+    with pytest.raises(DetectorError, match="as a YuNet face detector"):
         make_detector(bad)
     with pytest.raises(DetectorError, match="unknown detector"):
         make_detector("dlib")

@@ -43,7 +43,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .cli import add_pipeline_args, model_from_args
+from .argtypes import OneLineParser, whole
+from .cli import MAX_PREFETCH, add_pipeline_args, model_from_args
 from .runtime import default_cpu_threads
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
@@ -54,30 +55,23 @@ FKP_STAGES = ("decode", "detect", "crop", "infer", "post", "draw", "total")
 DLIB_STAGES = ("decode", "detect", "infer", "draw", "total")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog=PROG, description="Time the fkp-track pipeline headless (decode, detect, "
-                 "crop, infer, post, draw), optionally against the classic dlib loop.",
-                 epilog="examples:\n  fkp-bench --video one.mp4\n"
-                        "  fkp-bench --video one.mp4 --model resnet50 --device cuda\n"
-                        "  fkp-bench --video one.mp4 --vs fastnet-192-int8 --rounds 5\n"
-                        "  fkp-bench --video one.mp4 --vs dlib --csv fkp.csv --dlib-csv dlib.csv"
-                        "\n  fkp-testvideo score one.truth.csv dlib.csv",
-                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(
+        prog=PROG, description="Time the fkp-track pipeline headless (decode, detect, crop, "
+        "infer, post, draw), optionally against the classic dlib loop.",
+        epilog="examples:\n  fkp-bench --video one.mp4\n"
+               "  fkp-bench --video one.mp4 --model resnet50 --device cuda\n"
+               "  fkp-bench --video one.mp4 --vs fastnet-192-int8 --rounds 5\n"
+               "  fkp-bench --video one.mp4 --vs dlib --csv fkp.csv --dlib-csv dlib.csv"
+               "\n  fkp-testvideo score one.truth.csv dlib.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", metavar="PATH", help="video file to process (required unless "
                     "--infer-only)")
     ap.add_argument("--infer-only", action="store_true",
                     help="time only the network on one crop, batch 1 (no video)")
-    ap.add_argument("--batch", type=int, default=1, metavar="N",
+    ap.add_argument("--batch", type=whole(1, 1024), default=1, metavar="N",
                     help="--infer-only: faces per model call (default 1); times are per face")
-    ap.add_argument("--runs", type=int, default=500, metavar="N",
+    ap.add_argument("--runs", type=whole(1), default=500, metavar="N",
                     help="timed calls with --infer-only (default: 500)")
     ap.add_argument("--model", default="auto", metavar="NAME_OR_PATH",
                     help="shipped model name or .onnx path (default: auto)")
@@ -90,21 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
                          "tracked faces since the last one (as fkp-track --always-scan)")
     ap.add_argument("--no-still-hold", action="store_true",
                     help="no still-face check (as fkp-track --no-still-hold)")
-    ap.add_argument("--redetect-every", type=int, default=30, metavar="N",
+    ap.add_argument("--redetect-every", type=whole(0), default=30, metavar="N",
                     help="detector period while tracking, as in fkp-track (default: 30)")
-    ap.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
+    ap.add_argument("--prefetch", type=whole(0, MAX_PREFETCH), default=PREFETCH, metavar="N",
                     help="decode up to N frames ahead on a thread, for both loops; 0 = decode "
                          f"in the loop (default: {PREFETCH}, as fkp-track)")
-    ap.add_argument("--frames", type=int, default=300, metavar="N",
+    ap.add_argument("--frames", type=whole(0), default=300, metavar="N",
                     help="frames to process, 0 = whole video (default: 300)")
-    ap.add_argument("--warmup", type=int, default=5, metavar="N",
+    ap.add_argument("--warmup", type=whole(0), default=5, metavar="N",
                     help="first frames processed but not timed (default: 5)")
     ap.add_argument("--vs", metavar="dlib|MODEL", help="also run a baseline on the same "
                     "frames: the classic dlib loop, or fkp-track with another model (shipped "
                     "name or .onnx path); prints both and the frame-rate ratio")
-    ap.add_argument("--rounds", type=int, default=1, metavar="N", help="with --vs: run each "
+    ap.add_argument("--rounds", type=whole(1), default=1, metavar="N", help="with --vs: run each "
                     "loop N times, alternating; the ratio is the rounds' median (default: 1)")
-    ap.add_argument("--dlib-upsample", type=int, default=1, metavar="N",
+    ap.add_argument("--dlib-upsample", type=whole(0, 4), default=1, metavar="N",
                     help="HOG upsampling of the dlib loop (default: 1, dlib's usual)")
     ap.add_argument("--csv", metavar="FILE", help="write fkp-track's points (fkp-track --csv "
                     "layout)")
@@ -304,12 +298,15 @@ def _rounds(args, tracker, base, writers: dict) -> tuple[list, list, object, str
 
 def bench(args) -> dict:
     """Run the requested loops, print the human lines, return the JSON dict."""
-    from .writers import CsvWriter, check_writable
+    from .writers import CsvWriter, check_outputs, check_writable
 
-    for p in filter(None, (args.csv, args.dlib_csv)):
+    outputs = {"--csv": args.csv, "--dlib-csv": args.dlib_csv}
+    check_outputs(outputs, [args.video])
+    for p in filter(None, outputs.values()):
         check_writable(p)
     tracker = _tracker(args, args.model)
     base = _tracker(args, args.vs) if args.vs and args.vs != "dlib" else None   # fails fast
+    check_outputs(outputs, [tracker.model.path, base.model.path if base else ""])
     writers = {"fkp": CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None,
                "base": CsvWriter(args.dlib_csv) if args.dlib_csv else None}
     try:
@@ -357,24 +354,27 @@ def bench(args) -> dict:
     return out
 
 
+def _usage_problem(args) -> str | None:
+    """The first combination of options that cannot work or would be ignored, or None."""
+    problems = (
+        (not args.video and not args.infer_only, "give --video PATH (or --infer-only)"),
+        (args.infer_only and any((args.video, args.vs, args.csv, args.dlib_csv)),
+         "--infer-only times the network alone: no --video, --vs or CSVs"),
+        (args.rounds > 1 and not (args.vs or args.dlib_csv), "--rounds goes with --vs"),
+        (args.batch > 1 and not args.infer_only, "--batch goes with --infer-only"),
+        (args.dlib_csv and args.vs not in (None, "dlib"),
+         f"--dlib-csv goes with --vs dlib, not --vs {args.vs}"))
+    return next((message for bad, message in problems if bad), None)
+
+
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format=f"{PROG}: %(levelname)s: %(message)s")
-    if args.frames < 0 or args.warmup < 0 or args.redetect_every < 0 or \
-            args.dlib_upsample < 0 or (args.threads is not None and args.threads < 1) or \
-            args.runs < 1 or args.prefetch < 0 or args.batch < 1 or args.rounds < 1:
-        print(f"{PROG}: error: --frames, --warmup, --redetect-every, --dlib-upsample, "
-              "--prefetch must be >= 0, --threads, --runs, --batch and --rounds >= 1",
-              file=sys.stderr)
-        return 2
-    if not args.video and not args.infer_only:
-        print(f"{PROG}: error: give --video PATH (or --infer-only)", file=sys.stderr)
-        return 2
-    if args.dlib_csv and args.vs not in (None, "dlib"):
-        print(f"{PROG}: error: --dlib-csv goes with --vs dlib, not --vs {args.vs}",
-              file=sys.stderr)
+    problem = _usage_problem(args)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
     args.vs = "dlib" if args.dlib_csv else args.vs
     from .detectors import DetectorError
@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     unroute_onnxruntime = route_onnxruntime_log()
     try:
         result = bench_inference(args) if args.infer_only else bench(args)
+    except BrokenPipeError:
+        raise                    # stdout closed early (| head): quiet_broken_pipe, status 1
     except (SourceError, ModelError, MetadataError, DetectorError, OutputError,
             ValueError, OSError) as exc:
         print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",

@@ -10,15 +10,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 import threading
 import time
 
+from .argtypes import frame_size, number, whole
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .sources import is_live_spec, is_url
 from .writers import quiet_broken_pipe
+
+MAX_PREFETCH = 256                  # frames decoded ahead at most (1080p: 6 MB each)
 
 EXAMPLES = """\
 examples:
@@ -44,7 +46,7 @@ def add_pipeline_args(group) -> None:
     ``--threads``, ``--flip-test``, ``--no-cuda-graph``, ``--half``, ``--detector`` (read back by
     :func:`model_from_args`)."""
     group.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    group.add_argument("--threads", type=int, metavar="N",
+    group.add_argument("--threads", type=whole(1), metavar="N",
                        help="onnxruntime CPU threads (default: the cores, at most 2)")
     group.add_argument("--flip-test", action=argparse.BooleanOptionalAction, default=None,
                        help="also run each crop mirrored and average: twice the inference "
@@ -74,14 +76,6 @@ def model_from_args(args, flip_test: bool = False):
                          cuda_graph=not args.no_cuda_graph, half=args.half)
 
 
-def frame_size(text: str) -> tuple[int, int]:
-    """argparse type for WIDTHxHEIGHT, e.g. 1280x720."""
-    m = re.fullmatch(r"(\d{2,5})[xX](\d{2,5})", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 1280x720, got {text!r}")
-    return int(m[1]), int(m[2])
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
@@ -105,20 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped model name (fastnet-int8, fastnet, resnet50, ...) or .onnx "
                         "path; auto = fastnet-int8 on CPU, resnet50 on GPU (default: auto)")
     add_pipeline_args(m)
-    m.add_argument("--smooth", type=float, default=1.0, metavar="STRENGTH",
+    m.add_argument("--smooth", type=number(), default=1.0, metavar="STRENGTH",
                    help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
     m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
     m.add_argument("--no-still-hold", action="store_true",
                    help="smooth a face that holds still like a moving one (by default its "
                         "points are smoothed hard while its picture does not change)")
-    m.add_argument("--redetect-every", type=int, default=30, metavar="N",
+    m.add_argument("--redetect-every", type=whole(0), default=30, metavar="N",
                    help="run the detector every N frames to catch new faces; 0: only when a "
                         "face is lost (default: 30)")
     m.add_argument("--always-scan", action="store_true",
                    help="run every periodic scan and no others; by default one is skipped "
                         "when nothing changed outside the tracked faces since the last scan, "
                         "and a scan runs at once when something appears in between")
-    m.add_argument("--max-faces", type=int, metavar="N",
+    m.add_argument("--max-faces", type=whole(1), metavar="N",
                    help="most faces at once (default: 4; 16 in each photo of a folder)")
     scan = m.add_mutually_exclusive_group()
     scan.add_argument("--sync-detect", action="store_true",
@@ -139,10 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "numbered 000000.jpg, 000001.jpg, ...")
     o.add_argument("--csv", metavar="FILE", help="write points as CSV ('-' = stdout)")
     o.add_argument("--json", metavar="FILE", help="write points as JSON Lines ('-' = stdout)")
-    o.add_argument("--prefetch", type=int, default=PREFETCH, metavar="N",
+    o.add_argument("--prefetch", type=whole(0, MAX_PREFETCH), default=PREFETCH, metavar="N",
                    help=f"video files: decode up to N frames ahead on a thread (default: "
                         f"{PREFETCH}; 0 = in the loop)")
-    o.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames")
+    o.add_argument("--max-frames", type=whole(0), default=0, metavar="N",
+                   help="stop after N frames (default: 0 = all)")
     o.add_argument("-v", "--verbose", action="count", default=0, help="-v info, -vv debug")
     return ap
 
@@ -242,17 +237,15 @@ def run(args, ap: argparse.ArgumentParser) -> int:
     from .sources import open_source
     from .tracking import PHOTO_MAX_FACES, STAGES, Tracker
     from .writers import (CsvWriter, ImageDirOutput, JsonLinesWriter, OutputError, VideoOutput,
-                          check_writable)
+                          check_outputs, check_writable)
 
     spec, kind = _source_spec(args, ap)
     if args.camera_size and (kind != "camera" or is_url(str(spec))):
         ap.error("--camera-size is for local cameras (a stream's size is set where it is "
                  "sent from; files and images keep theirs)")
-    if args.smooth < 0 or args.redetect_every < 0 or (args.max_faces or 1) < 1 \
-            or args.max_frames < 0 or args.prefetch < 0:
-        ap.error("--smooth, --redetect-every, --max-frames, --prefetch must be >= 0 and "
-                 "--max-faces >= 1")
-    for path in (args.out, args.csv, args.json):
+    outputs = {"--csv": args.csv, "--json": args.json, "--out": args.out}
+    check_outputs(outputs)
+    for path in outputs.values():
         if path:
             check_writable(path)
     images_out = ImageDirOutput(args.out_dir) if args.out_dir else None
@@ -267,6 +260,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         raise OutputError(f"--out-dir {args.out_dir} holds input images, which it would "
                           "overwrite; choose another folder")
     photos = source is not None and source.is_still and not args.track_images  # unrelated
+    tracker = None
     try:
         model = model_from_args(args, flip_test=photos)
         tracker = Tracker(model, detector=args.detector,
@@ -277,9 +271,13 @@ def run(args, ap: argparse.ArgumentParser) -> int:
                           still_hold=not args.no_still_hold)
         if source is None:
             source = open_source(spec, kind, prefetch=args.prefetch, size=args.camera_size)
+        check_outputs(outputs, [str(spec), tracker.model.path, args.detector or "",
+                                *getattr(source, "paths", ())])
     except BaseException:
         if source is not None:
             source.close()
+        if tracker is not None:
+            tracker.close()
         raise
     info = sys.stderr if "-" in (args.csv, args.json) else sys.stdout
     writers: list = []
@@ -369,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fkp-track: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise                    # stdout closed early (| head): quiet_broken_pipe, status 1
     except Exception as exc:  # never a traceback for the user; -vv shows it
         log.debug("unexpected error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0][:200]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -299,6 +300,13 @@ def haar_with_fallbacks() -> FallbackDetector:
     return FallbackDetector(HaarDetector(), fallbacks)
 
 
+def _cv_reason(exc: cv2.error) -> str:
+    """An OpenCV error's reasons in one line, without versions, source files and functions."""
+    text = re.sub(r"OpenCV\([^)]*\) \S+: error: \([^)]*\)|in function '[^']*'|>", " ",
+                  str(exc))
+    return " ".join(text.split())[:160] or type(exc).__name__
+
+
 class YuNetDetector:
     """OpenCV's YuNet CNN detector (``cv2.FaceDetectorYN``) from an ``.onnx`` file.
 
@@ -314,14 +322,15 @@ class YuNetDetector:
         p = Path(onnx_path)
         if not p.is_file():
             raise DetectorError(f"YuNet model {p} does not exist")
+        self.max_side = max_side
+        self._size: tuple[int, int] | None = None
         try:
             self.net = cv2.FaceDetectorYN.create(str(p), "", (320, 320), score_threshold,
                                                  nms_threshold, top_k)
+            self.detect(np.zeros((240, 320), np.uint8))   # a wrong graph fails here, not later
         except cv2.error as exc:
-            msg = str(exc).strip().splitlines()[-1][:160]
-            raise DetectorError(f"cannot load YuNet model {p}: {msg}") from None
-        self.max_side = max_side
-        self._size: tuple[int, int] | None = None
+            raise DetectorError(f"cannot use {p} as a YuNet face detector: "
+                                f"{_cv_reason(exc)}") from None
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
         small, s = _downscale(gray, self.max_side)

@@ -19,6 +19,7 @@ found, and a face missed counts as a failure.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -29,10 +30,12 @@ from tqdm import tqdm
 
 from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import box_from_points, uncrop
-from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular
+from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular, unmirror_points
 from .landmarks import nme as nme_fn
-from .runtime import LandmarkModel, ModelError, route_onnxruntime_log, unmirror_points
-from .writers import quiet_broken_pipe
+from .runtime import LandmarkModel, ModelError, route_onnxruntime_log
+from .writers import OutputError, check_writable, quiet_broken_pipe
+
+CED_FORMATS = (".png", ".pdf", ".svg")
 
 log = logging.getLogger("fkp.eval")
 
@@ -325,13 +328,26 @@ def main(argv: list[str] | None = None) -> int:
                                or args.mirror_bias or args.point_bias):
         p.error("--from-detector takes one --model and none of --label-noise, "
                 "--mirror-bias, --point-bias")
+    if args.limit < 0 or not 0 < args.val_fraction < 1:
+        p.error("--limit must be >= 0 (0: all faces) and --val-fraction between 0 and 1")
+    if args.ced and (args.ced.suffix.lower() not in CED_FORMATS
+                     or importlib.util.find_spec("matplotlib") is None):
+        p.error(f"--ced writes {', '.join(CED_FORMATS)} files with matplotlib "
+                "(pip install matplotlib)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     results: dict[str, dict] = {}
     unroute_onnxruntime = route_onnxruntime_log()
     try:
+        if args.ced:
+            check_writable(args.ced)
+        models = [LandmarkModel(name, args.device, flip_test=args.flip_test)
+                  for name in args.model or ["fastnet"]]
+        if (len(models) > 1 or args.label_noise or args.point_bias) and any(
+                m.meta.num_points != NUM_POINTS for m in models):
+            raise ModelError(f"several --model values, --label-noise and --point-bias need "
+                             f"{NUM_POINTS}-point models")
         if args.from_detector:
-            model = LandmarkModel((args.model or ["fastnet"])[0], args.device,
-                                  flip_test=args.flip_test)
+            model = models[0]
             res = evaluate_detected(model, args.data, args.skip_bad, args.limit, args.split,
                                     args.val_fraction)
             if res["skipped"]:
@@ -342,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"n={res['n']}, provider {model.provider})", flush=True)
             results[model.path.name] = res
         else:
-            for name in args.model or ["fastnet"]:
-                model = LandmarkModel(name, args.device, flip_test=args.flip_test)
+            for model in models:
                 res = evaluate(model, args.data, args.skip_bad, args.limit, args.split,
                                args.val_fraction, args.mirror_bias)
                 if res["skipped"] and not results:
@@ -375,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"failures {res['failure_rate']:.1f} %")
         if args.ced:
             ced_plot(res["errors"], args.ced, "+".join(Path(n).stem for n in results))
-    except (ModelError, DatasetError, OSError) as exc:
+    except (ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-eval: error: {exc}", file=sys.stderr)
         return 2
     finally:

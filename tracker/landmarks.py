@@ -46,6 +46,14 @@ def _flip_permutation() -> np.ndarray:
 FLIP_PERM: np.ndarray = _flip_permutation()
 
 
+def unmirror_points(points: np.ndarray, size: int) -> np.ndarray:
+    """Points (N, 68, 2) predicted on horizontally mirrored ``size`` crops -> the same points
+    in the unmirrored crops (pixel centres at integers), relabelled left/right."""
+    out = points[:, FLIP_PERM].copy()
+    out[..., 0] = size - 1 - out[..., 0]
+    return out
+
+
 def interocular(points: np.ndarray) -> np.ndarray:
     """Outer-eye-corner distance. ``points``: (..., 68, 2) -> (...,)."""
     return np.linalg.norm(points[..., LEFT_EYE_OUTER, :] - points[..., RIGHT_EYE_OUTER, :], axis=-1)

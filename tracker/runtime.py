@@ -8,6 +8,7 @@ to the mean shape stored in the metadata).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import functools
 import io
 import logging
@@ -19,20 +20,12 @@ import numpy as np
 
 from .cudagraph import GraphRunner
 from .geometry import crop_gray, crop_matrix, uncrop
-from .landmarks import FLIP_PERM, NUM_POINTS, shape_plausibility
+from .landmarks import NUM_POINTS, shape_plausibility, unmirror_points
 from .metadata import METADATA_KEY, MetadataError, ModelMeta
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 CPU_DEFAULTS = ("fastnet-int8", "fastnet")   # "auto" on CPU: the first one shipped
-
-
-def unmirror_points(points: np.ndarray, size: int) -> np.ndarray:
-    """Points (N, 68, 2) predicted on horizontally mirrored ``size`` crops -> the same points
-    in the unmirrored crops (pixel centres at integers), relabelled left/right."""
-    out = points[:, FLIP_PERM].copy()
-    out[..., 0] = size - 1 - out[..., 0]
-    return out
 
 
 class ModelError(RuntimeError):
@@ -61,14 +54,17 @@ def resolve_model(name_or_path: str | os.PathLike | None, device: str = "cpu") -
     p = Path(name_or_path)
     if p.suffix == ".onnx" or p.exists():
         if not p.is_file():
-            raise ModelError(f"model file {p} does not exist")
+            raise ModelError(f"model file {p} " + ("is a directory" if p.is_dir() else
+                                                   "does not exist"))
         return p
     shipped = weights_dir() / f"{name_or_path}.onnx"
     if shipped.is_file():
         return shipped
+    close = difflib.get_close_matches(str(name_or_path), available_models(), n=3, cutoff=0.75)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
     names = ", ".join(available_models()) or "none"
-    raise ModelError(f"no model named {str(name_or_path)!r} (shipped: {names}; or give a path "
-                     "to an .onnx file)")
+    raise ModelError(f"no model named {str(name_or_path)!r} ({hint}shipped: {names}; or give "
+                     "a path to an .onnx file)")
 
 
 def select_providers(device: str) -> list[str]:
@@ -286,10 +282,10 @@ class LandmarkModel:
             self.meta = read_meta(self.session)
         except MetadataError as exc:
             raise ModelError(f"{self.path}: {exc}") from None
-        self._check_io()
         if flip_test and self.meta.num_points != NUM_POINTS:
             raise ModelError(f"{self.path}: the flip test needs a {NUM_POINTS}-point model "
                              f"(this one predicts {self.meta.num_points})")
+        self._check_io()
         self.flip_test = flip_test
         self.size = self.meta.input_size
         self.input_name = self.session.get_inputs()[0].name
@@ -327,6 +323,19 @@ class LandmarkModel:
         names = [o.name for o in outs]
         if "points" not in names or (self.meta.has_score and "score" not in names):
             raise ModelError(f"{self.path}: outputs {names} do not fit the metadata")
+        # one run on a plain gray crop: output shapes the graph leaves open, NaN weights
+        size, k = self.meta.input_size, self.meta.num_points
+        x = np.full((1, 1, size, size), 128 * self.meta.norm_scale + self.meta.norm_offset,
+                    np.float32)
+        try:
+            got = dict(zip(names, self.session.run(names, {ins[0].name: x})))
+        except Exception as exc:  # onnxruntime raises its own types
+            raise ModelError(f"{self.path}: cannot run the model: "
+                             f"{str(exc).strip().splitlines()[0][:200]}") from None
+        if got["points"].shape != (1, k, 2) or not np.isfinite(got["points"]).all():
+            raise ModelError(f"{self.path}: its points output {list(got['points'].shape)} "
+                             f"does not fit the metadata ({k} points: want [B, {k}, 2], "
+                             "finite)")
 
     # ------------------------------------------------------------------ inference
     def matrices(self, boxes: np.ndarray, angles: np.ndarray | None = None) -> np.ndarray:

@@ -168,7 +168,8 @@ class VideoSource(Source):
         self.name = redact_url(p) if url else str(p)
         self.prefetch = max(0, int(prefetch))
         if not url and p.is_dir():
-            raise SourceError(f"{p} is a directory, not a video (use --images for image folders)")
+            raise SourceError(f"{p} is a directory, not a video (fkp-track reads image "
+                              "folders: fkp-track --images DIR)")
         if not url and not p.is_file():
             raise SourceError(f"video file {p} does not exist")
         self._cap = open_video_capture(p, decode_ahead_threads() if self.prefetch else 0)

@@ -43,6 +43,7 @@ import numpy as np
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_pooled
+from .argtypes import OneLineParser, number, whole
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger(__name__)
@@ -254,16 +255,8 @@ def make_video(data_dir: str | Path, out: str | Path, faces: int = 1, seconds: f
 
 
 # ----------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (subcommand parsers inherit the class)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="fkp-testvideo", description=__doc__.split("\n\n")[0],
         epilog="s" + __doc__.split("\nThe s", 1)[1].replace("::", ":"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,14 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "affine paths, and OUT.truth.csv with the true points.")
     m.add_argument("data_dir", metavar="DATA_DIR", help="folder with images/ + landmarks.csv")
     m.add_argument("out", metavar="OUT.mp4", help="video to write (.mp4 or .avi)")
-    m.add_argument("--faces", type=int, default=1, help="number of faces (default 1)")
-    m.add_argument("--seconds", type=float, default=15.0, help="length (default 15)")
-    m.add_argument("--fps", type=float, default=30.0, help="frame rate (default 30)")
+    m.add_argument("--faces", type=whole(1), default=1, help="number of faces (default 1)")
+    m.add_argument("--seconds", type=number(above=True), default=15.0, help="length (default 15)")
+    m.add_argument("--fps", type=number(1), default=30.0, help="frame rate (default 30)")
     m.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     m.add_argument("--background", choices=("texture", "plain"), default="texture")
-    m.add_argument("--noise", type=float, default=4.0,
+    m.add_argument("--noise", type=number(), default=4.0,
                    help="sensor noise sigma in grey levels per frame (default 4)")
-    m.add_argument("--still", type=float, default=1.0,
+    m.add_argument("--still", type=number(), default=1.0,
                    help="seconds each face holds still, at its start and mid-way (default 1)")
     m.add_argument("--split", choices=("all", "train", "val"), default="all",
                    help="use only the held-out (val) or training people of fkp-train's fixed "
@@ -296,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("files", nargs="+", metavar="TRUTH TRACK.csv",
                    help="OUT.truth.csv (or the video: its sidecar) and the fkp-track --csv "
                         "output for it; more pairs may follow")
-    s.add_argument("--frames", type=int, default=0, metavar="N",
+    s.add_argument("--frames", type=whole(0), default=0, metavar="N",
                    help="score only the first N frames (e.g. fkp-bench --frames N); 0 = all")
     for sp in (m, s):
         sp.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -310,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "make":
-            if args.faces < 1 or args.seconds <= 0 or args.fps <= 0 or args.still < 0:
-                raise ValueError("--faces, --seconds and --fps must be positive, --still >= 0")
             truth = make_video(args.data_dir, args.out, args.faces, args.seconds, args.fps,
                                args.seed, args.background, args.noise, args.still,
                                args.split, args.val_fraction)

@@ -49,9 +49,17 @@ def read_points_csv(path: str | Path, id_column: str = "face") -> FaceRows:
     """
     path = Path(path)
     if not path.is_file():
-        raise ScoreError(f"{path}: no such file")
+        raise ScoreError(f"{path}: " + ("a directory, not a CSV file" if path.is_dir()
+                                        else "no such file"))
+    try:
+        return _read_points_csv(path, id_column)
+    except UnicodeDecodeError:
+        raise ScoreError(f"{path}: not a text (CSV) file") from None
+
+
+def _read_points_csv(path: Path, id_column: str) -> FaceRows:
     out: FaceRows = {}
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         if not header:

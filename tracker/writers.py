@@ -70,6 +70,40 @@ def check_writable(path: str | os.PathLike) -> Path:
     return p
 
 
+def _identity(path: str | os.PathLike) -> tuple:
+    """What a path names: stdout for ``-``, device and inode for an existing file (so links
+    and other spellings of it match), else the absolute path with links resolved."""
+    if str(path) == "-":
+        return ("stdout",)
+    try:
+        st = os.stat(path)
+        return ("inode", st.st_dev, st.st_ino)
+    except OSError:
+        return ("path", os.path.realpath(path))
+
+
+def check_outputs(outputs: dict[str, str | os.PathLike | None],
+                  inputs: Sequence[str | os.PathLike] = ()) -> None:
+    """Raise :class:`OutputError` when two outputs name one file (``-``, stdout, included) or
+    an output names one of the ``inputs`` (which writing it would destroy). ``outputs``: the
+    option or argument that names each (for the message) -> its path; None or "" = not
+    given. Inputs that are not local files (camera indices, URLs) never match."""
+    seen: dict[tuple, str] = {}
+    for name, path in outputs.items():
+        if not path:
+            continue
+        key = _identity(path)
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {name} both name {path}; give each its own file")
+        seen[key] = name
+    for path in inputs:
+        if path and str(path) != "-" and os.path.isfile(path):
+            key = _identity(path)
+            if key in seen:
+                raise OutputError(f"{seen[key]} {path} is an input of this run; writing it "
+                                  "would destroy it, so choose another path")
+
+
 def _open_text(path: str | os.PathLike) -> TextIO:
     if str(path) == "-":
         return sys.stdout
@@ -92,6 +126,8 @@ class _TextWriter:
             try:
                 self._fh.write(text)
                 self._fh.flush()
+            except BrokenPipeError:
+                raise                   # stdout closed early: quiet_broken_pipe ends the run
             except OSError as exc:
                 raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 

@@ -108,6 +108,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(str(e))
     if not 0.0 <= args.occlusion <= 1.0:
         p.error(f"--occlusion must be a probability in [0, 1], not {args.occlusion}")
+    if args.epochs < 1 or args.batch < 1 or args.input_size < 8 or args.threads < 0 \
+            or args.max_steps < 0 or args.workers < 0:
+        p.error("--epochs, --batch must be >= 1, --input-size >= 8, --threads, --workers, "
+                "--max-steps >= 0")
+    if not (args.lr > 0 and 0 <= args.ema < 1 and args.weight_decay >= 0 and args.sam >= 0
+            and 0 < args.val_fraction < 1):
+        p.error("--lr must be > 0, --ema in [0, 1), --weight-decay, --sam >= 0 and "
+                "--val-fraction between 0 and 1")
     return args
 
 

@@ -1,0 +1,207 @@
+"""Outputs that would destroy an input or each other, models whose outputs do not fit their
+metadata, and out-of-range numbers: each is refused in one line before any work."""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import make_tiny_model
+from datasets import run_module as run, write_folder
+from fkp.tracker import cli
+from fkp.tracker.argtypes import number, whole
+from fkp.tracker.metadata import METADATA_KEY, ModelMeta
+from fkp.tracker.writers import OutputError, check_outputs
+
+
+def points_model(path, points: np.ndarray, size: int = 32, num_points: int = 68):
+    """An ONNX model that answers the constant ``points`` (K, 2) for every crop, with
+    metadata that claims ``num_points``."""
+    const = helper.make_tensor("c", TensorProto.FLOAT, [1, *points.shape],
+                               points.astype(np.float32).ravel().tolist())
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Unsqueeze", ["z", "ax"], ["z3"]),
+             helper.make_node("Add", ["c", "z3"], ["points"])]
+    graph = helper.make_graph(
+        nodes, "const", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                       ["B", 1, size, size])],
+        [helper.make_tensor_value_info("points", TensorProto.FLOAT, ["B", "K", 2])],
+        initializer=[const, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                     helper.make_tensor("ax", TensorProto.INT64, [2], [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMeta(arch="const", input_size=size, crop_margin=0.25, num_points=num_points)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    onnx.save(model, str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_check_outputs_finds_shared_files_and_inputs(tmp_path):
+    video = tmp_path / "in.mp4"
+    video.write_bytes(b"x")
+    (tmp_path / "link.mp4").symlink_to(video)
+    check_outputs({"--csv": tmp_path / "a.csv", "--json": tmp_path / "a.jsonl", "--out": None},
+                  [video, "0", "rtsp://cam/1", ""])
+    for outputs, inputs, says in (
+            ({"--csv": tmp_path / "a.csv", "--json": tmp_path / "sub/../a.csv"}, [], "both name"),
+            ({"--csv": "-", "--json": "-"}, [], "both name"),
+            ({"--csv": video}, [video], "is an input"),
+            ({"--out": tmp_path / "link.mp4"}, [video], "is an input"),   # another name
+            ({"--csv": tmp_path / "x.csv"}, [tmp_path / "x.csv"], None)):  # not there yet
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        if says is None:
+            check_outputs(outputs, inputs)
+            continue
+        with pytest.raises(OutputError, match=says):
+            check_outputs(outputs, inputs)
+
+
+def test_track_refuses_to_write_over_its_video_or_one_file_twice(capsys, tmp_path, face_video,
+                                                                   tiny_model):
+    video = shutil.copy(face_video, tmp_path / "v.avi")
+    before = video.read_bytes()
+    for argv, says in (
+            (["--csv", video], "is an input"),
+            (["--out", video], "is an input"),
+            (["--csv", tmp_path / "a.csv", "--json", tmp_path / "a.csv"], "both name"),
+            (["--csv", "-", "--json", "-"], "both name"),
+            (["--csv", tiny_model], "is an input")):              # the model file
+        rc = cli.main([str(a) for a in (video, "--model", tiny_model, "--no-display",
+                                        "--max-frames", 2, *argv)])
+        err = capsys.readouterr().err
+        assert rc == 1 and says in err and err.count("\n") == 1, err
+    assert video.read_bytes() == before and not (tmp_path / "a.csv").exists()
+
+
+def test_track_ends_quietly_when_its_stdout_closes(face_video, tiny_model):
+    """``fkp-track ... --csv - | head -1``: status 1, no traceback, no error message."""
+    p = subprocess.Popen([sys.executable, "-m", "fkp.tracker.cli", str(face_video), "--model",
+                          str(tiny_model), "--no-display", "--csv", "-"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()                          # the reader is gone before the first row
+    err = p.stderr.read()
+    assert p.wait(timeout=60) == 1
+    assert "Traceback" not in err and "error" not in err, err
+
+
+def test_export_quantize_and_ensemble_refuse_to_overwrite_an_input(tmp_path):
+    a = make_tiny_model(tmp_path / "a.onnx")
+    b = make_tiny_model(tmp_path / "b.onnx")
+    ckpt = tmp_path / "final.pt"
+    ckpt.write_bytes(b"not read: the destination is checked first")
+    before = {p: p.read_bytes() for p in (a, b, ckpt)}
+    data = tmp_path / "no-data"              # never read either
+    for module, argv, prog, says in (
+            ("fkp.export.onnx_export", [ckpt, ckpt], "fkp-export", "is an input"),
+            ("fkp.export.quantize", [a, a, "--data", data], "fkp-quantize", "is an input"),
+            ("fkp.export.ensemble", [a, b, b, "--data", data], "fkp-ensemble", "is an input"),
+            ("fkp.export.onnx_export", [ckpt, tmp_path], "fkp-export", "is a directory")):
+        p = run(module, *map(str, argv), check=False)
+        assert p.returncode == 2 and p.stderr.startswith(f"{prog}: error:"), p.stderr
+        assert says in p.stderr, p.stderr
+        assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+    assert all(p.read_bytes() == v for p, v in before.items())
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_quantize_refuses_a_model_that_is_already_int8(tmp_path):
+    q = make_tiny_model(tmp_path / "q.onnx",
+                        metadata={"training": {"quantization": {"method": "minmax"}}})
+    p = run("fkp.export.quantize", str(q), str(tmp_path / "qq.onnx"), "--data",
+            str(tmp_path), check=False)
+    assert p.returncode == 2 and "already quantized" in p.stderr, p.stderr
+    assert not (tmp_path / "qq.onnx").exists()
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("points, says", [
+    (np.full((5, 2), 0.5), "[1, 5, 2]"),                      # 5 points, metadata says 68
+    (np.full((68, 2), np.nan), "finite")])                    # NaN weights
+def test_a_model_whose_points_do_not_fit_its_metadata_fails_at_load(tmp_path, capsys, points,
+                                                                     says, face_video):
+    from fkp.tracker.runtime import LandmarkModel, ModelError
+
+    bad = points_model(tmp_path / "bad.onnx", points)
+    with pytest.raises(ModelError, match=r"does not fit the metadata") as exc:
+        LandmarkModel(bad, "cpu")
+    assert says in str(exc.value)
+    rc = cli.main([str(face_video), "--model", str(bad), "--no-display", "--max-frames", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "does not fit the metadata" in err and err.count("\n") == 1, err
+
+
+def test_yunet_with_a_graph_that_is_no_yunet_fails_at_construction(tiny_model, tmp_path):
+    from fkp.tracker.detectors import DetectorError, YuNetDetector
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07garbage" * 20)
+    for path in (tiny_model, junk):
+        with pytest.raises(DetectorError, match="as a YuNet face detector: ") as exc:
+            YuNetDetector(path)
+        msg = str(exc.value)
+        assert "OpenCV(" not in msg and "in function" not in msg and len(msg.split(": ", 1)[1]) > 5
+
+
+def test_eval_refuses_bad_requests_before_evaluating(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=4, people=2)
+    m68 = make_tiny_model(tmp_path / "m68.onnx")
+    one = points_model(tmp_path / "one.onnx", np.full((1, 2), 0.5), num_points=1)
+    for argv, says in (
+            (["--ced", tmp_path / "c.txt"], "--ced writes .png"),
+            (["--ced", tmp_path / "none" / "c.png"], "does not exist"),
+            (["--model", m68, "--model", one], "68-point models"),
+            (["--model", one, "--point-bias"], "68-point models"),
+            (["--limit", "-1"], "--limit"),
+            (["--val-fraction", "nan"], "--val-fraction")):
+        p = run("fkp.tracker.evaluate", str(data), *map(str, argv), check=False)
+        assert p.returncode == 2 and says in p.stderr, p.stderr
+        assert "NME" not in p.stdout and "Traceback" not in p.stderr
+
+
+# ----------------------------------------------------------------------------- numbers
+def test_argument_types_refuse_out_of_range_and_non_finite_values():
+    assert whole(0)("0") == 0 and whole(1, 4)("4") == 4
+    assert number()("0") == 0.0 and number(1)("2.5") == 2.5
+    for parse, text in ((whole(1), "0"), (whole(0, 8), "9"), (whole(0), "1.5"),
+                        (number(), "-1"), (number(), "nan"), (number(), "inf"),
+                        (number(above=True), "0"), (number(), "x")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(text)
+    assert math.isfinite(number()("1e300"))
+
+
+@pytest.mark.parametrize("module, argv, option", [
+    ("fkp.tracker.cli", ["--threads", "0"], "--threads"),
+    ("fkp.tracker.cli", ["--max-faces", "0"], "--max-faces"),
+    ("fkp.tracker.cli", ["--smooth", "nan"], "--smooth"),
+    ("fkp.tracker.cli", ["--prefetch", "100000"], "--prefetch"),
+    ("fkp.tracker.bench", ["--infer-only", "--batch", "100000"], "--batch"),
+    ("fkp.tracker.testvideo", ["make", "d", "o.mp4", "--seconds", "nan"], "--seconds"),
+    ("fkp.train.cli", ["--data", "d", "--out", "o", "--threads", "-1"], "--threads"),
+    ("fkp.train.cli", ["--data", "d", "--out", "o", "--ema", "1.5"], "--ema"),
+    ("fkp.train.cli", ["--data", "d", "--out", "o", "--epochs", "0"], "--epochs")])
+def test_commands_refuse_numbers_out_of_range_in_one_line(module, argv, option):
+    p = run(module, *argv, check=False)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and option in last and "Traceback" not in p.stderr, p.stderr
+
+
+def test_score_names_a_file_that_is_no_csv(tmp_path, face_video):
+    truth = tmp_path / "t.truth.csv"
+    truth.write_text("frame,face," + ",".join(f"x{i},y{i}" for i in range(68)) + "\n"
+                     + "0,0," + ",".join(["10"] * 136) + "\n")
+    for track, says in ((face_video, "not a text (CSV) file"),
+                        (tmp_path, "a directory, not a CSV file")):
+        p = run("fkp.tracker.testvideo", "score", str(truth), str(track), check=False)
+        assert p.returncode == 2 and f"{track}: {says}" in p.stderr, p.stderr
+        assert p.stderr.count("\n") == 1
