@@ -205,3 +205,13 @@ def test_score_names_a_file_that_is_no_csv(tmp_path, face_video):
         p = run("fkp.tracker.testvideo", "score", str(truth), str(track), check=False)
         assert p.returncode == 2 and f"{track}: {says}" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1
+
+
+def test_a_frame_that_is_empty_or_float_is_refused_in_one_line():
+    from fkp.tracker.results import as_image
+
+    for frame, says in ((np.zeros((0, 0, 3), np.uint8), "empty"),
+                        (np.zeros((4, 0), np.uint8), "empty"),
+                        (np.zeros((4, 4, 3), np.float32), r"astype\(np.uint8\)")):
+        with pytest.raises(ValueError, match=says):
+            as_image(frame)

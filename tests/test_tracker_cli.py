@@ -239,13 +239,15 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
 def test_interrupted_run_keeps_complete_rows(tmp_path, tiny_model, long_video, sig):
-    csv_path = tmp_path / "run.csv"
+    """Ctrl-C, a closed terminal (SIGHUP) and even SIGKILL keep every finished row; the first
+    two also finish the --out video, so that it plays."""
+    csv_path, video_path = tmp_path / "run.csv", tmp_path / "run.mp4"
     proc = subprocess.Popen(
         [sys.executable, "-m", "fkp.tracker.cli", "--video", str(long_video), "--model",
          str(tiny_model), "--no-display", "--csv", str(csv_path), "--threads", "1",
-         "--redetect-every", "1"],
+         "--redetect-every", "1", "--out", str(video_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -255,8 +257,11 @@ def test_interrupted_run_keeps_complete_rows(tmp_path, tiny_model, long_video, s
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0, "finished before it was interrupted"
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:
         assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+        cap = cv2.VideoCapture(str(video_path))
+        assert cap.read()[0], "the --out video does not play"
+        cap.release()
     rows = list(csv.reader(csv_path.open()))
     assert rows[0][0] == "frame" and len(rows) > 20
     assert all(len(r) == N_COLS for r in rows)

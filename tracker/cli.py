@@ -355,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
 
     known = (SourceError, ModelError, MetadataError, DetectorError, OutputError, DisplayError)
     main_thread = threading.current_thread() is threading.main_thread()
-    old_term = signal.getsignal(signal.SIGTERM)
+    # SIGTERM and SIGHUP (a closed terminal or SSH session) end a run like Ctrl-C: files
+    # closed (an --out video finished, playable), rows kept
+    ends = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old_handlers = {sig: signal.getsignal(sig) for sig in ends}
     restore_logging = setup_logging(args.verbose)
     try:
-        if main_thread:     # SIGTERM ends a run like Ctrl-C: files closed, rows kept
-            signal.signal(signal.SIGTERM, _on_sigterm)
+        if main_thread:
+            for sig in ends:
+                signal.signal(sig, _on_sigterm)
         return run(args, ap)
     except known as exc:
         print(f"fkp-track: error: {exc}", file=sys.stderr)
@@ -377,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         restore_logging()
         if main_thread:
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,10 @@ def as_image(frame: np.ndarray) -> np.ndarray:
     """Validate a frame: BGR (H, W, 3), BGRA (H, W, 4) or gray (H, W[, 1]) uint8 ->
     BGR (H, W, 3) or gray (H, W), without copying where possible."""
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim not in (2, 3):
-        raise ValueError("frame must be a uint8 array (H, W) or (H, W, C)")
+        raise ValueError("frame must be a uint8 array (H, W) or (H, W, C) (float images in "
+                         "[0, 1]: (frame * 255).round().astype(np.uint8))")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"frame is empty: shape {frame.shape}")
     if frame.ndim == 2:
         return frame
     c = frame.shape[2]
