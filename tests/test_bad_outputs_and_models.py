@@ -215,3 +215,16 @@ def test_a_frame_that_is_empty_or_float_is_refused_in_one_line():
                         (np.zeros((4, 4, 3), np.float32), r"astype\(np.uint8\)")):
         with pytest.raises(ValueError, match=says):
             as_image(frame)
+
+
+def test_bench_on_a_truncated_mp4_says_one_line(tmp_path, astronaut_bgr, tiny_model):
+    """FFmpeg's own complaints (``moov atom not found``) stay out of the one error line."""
+    from conftest import face_frame, write_video
+
+    whole_video = write_video(tmp_path / "v.mp4", [face_frame(astronaut_bgr, i) for i in range(8)],
+                              fourcc="mp4v")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole_video.read_bytes()[:4000])       # the index (moov) is at the end
+    p = run("fkp.tracker.bench", "--video", str(cut), "--model", str(tiny_model), check=False)
+    assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith("fkp-bench: error: cannot read video")

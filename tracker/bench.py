@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .argtypes import OneLineParser, whole
-from .cli import MAX_PREFETCH, add_pipeline_args, model_from_args
+from .cli import MAX_PREFETCH, add_pipeline_args, model_from_args, quiet_opencv
 from .runtime import default_cpu_threads
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .writers import quiet_broken_pipe
@@ -384,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     from .writers import OutputError
 
     unroute_onnxruntime = route_onnxruntime_log()
+    if not args.verbose:
+        quiet_opencv()
     try:
         result = bench_inference(args) if args.infer_only else bench(args)
     except BrokenPipeError:

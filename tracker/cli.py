@@ -150,6 +150,15 @@ class _Formatter(logging.Formatter):
         return msg
 
 
+def quiet_opencv() -> None:
+    """Silence OpenCV's and FFmpeg's own messages (``moov atom not found`` and the like from a
+    corrupt file): the command's one error line says what went wrong."""
+    import cv2
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
 def setup_logging(verbose: int):
     """Log records of ``fkp.*`` as ``fkp-track: level: message`` lines on stderr, onnxruntime's
     own log among them (:func:`~fkp.tracker.runtime.route_onnxruntime_log`); silence OpenCV's
@@ -166,8 +175,7 @@ def setup_logging(verbose: int):
     root.propagate = False
     root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     if verbose < 2:
-        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        quiet_opencv()
     unroute_onnxruntime = route_onnxruntime_log()
 
     def restore() -> None:
