@@ -228,3 +228,24 @@ def test_bench_on_a_truncated_mp4_says_one_line(tmp_path, astronaut_bgr, tiny_mo
     p = run("fkp.tracker.bench", "--video", str(cut), "--model", str(tiny_model), check=False)
     assert p.returncode == 1 and p.stderr.count("\n") == 1, p.stderr
     assert p.stderr.startswith("fkp-bench: error: cannot read video")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--track-images"], "--track-images is for an image folder"),
+    (["--smooth", "2", "--no-smooth"], "not allowed with argument --smooth")])
+def test_track_refuses_options_it_would_ignore(capsys, face_video, tiny_model, argv, says):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([str(face_video), "--model", str(tiny_model), "--no-display", *argv])
+    assert exc.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_eval_says_why_no_face_was_left_to_score(tmp_path):
+    data, _ = write_folder(tmp_path / "d", n=2, people=1)
+    m68 = make_tiny_model(tmp_path / "m68.onnx")
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(m68), "--split", "val",
+            "--val-fraction", "0.01", check=False)
+    assert p.returncode == 2 and "no faces of val people in its split" in p.stderr, p.stderr
+    for image in (data / "images").iterdir():
+        image.write_bytes(b"garbage")
+    p = run("fkp.tracker.evaluate", str(data), "--model", str(m68), "--skip-bad", check=False)
+    assert p.returncode == 2 and "every face was skipped as bad (2)" in p.stderr, p.stderr

@@ -99,9 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped model name (fastnet-int8, fastnet, resnet50, ...) or .onnx "
                         "path; auto = fastnet-int8 on CPU, resnet50 on GPU (default: auto)")
     add_pipeline_args(m)
-    m.add_argument("--smooth", type=number(), default=1.0, metavar="STRENGTH",
-                   help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
-    m.add_argument("--no-smooth", action="store_true", help="no smoothing (same as --smooth 0)")
+    smooth = m.add_mutually_exclusive_group()
+    smooth.add_argument("--smooth", type=number(), default=1.0, metavar="STRENGTH",
+                        help="One Euro smoothing strength: 2 smoother, 0.5 lighter (default: 1)")
+    smooth.add_argument("--no-smooth", action="store_true",
+                        help="no smoothing (same as --smooth 0)")
     m.add_argument("--no-still-hold", action="store_true",
                    help="smooth a face that holds still like a moving one (by default its "
                         "points are smoothed hard while its picture does not change)")
@@ -267,6 +269,11 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         source.close()
         raise OutputError(f"--out-dir {args.out_dir} holds input images, which it would "
                           "overwrite; choose another folder")
+    if args.track_images and not (source is not None and source.is_still):
+        if source is not None:
+            source.close()
+        ap.error("--track-images is for an image folder or glob (a video's or camera's frames "
+                 "are always tracked)")
     photos = source is not None and source.is_still and not args.track_images  # unrelated
     tracker = None
     try:

@@ -23,7 +23,7 @@ import numpy as np
 from .landmarks import NUM_POINTS
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class DatasetError(ValueError):

@@ -100,7 +100,7 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         if mirror_bias:
             mirrored.append(mirrored_prediction(model, gray, box))
     if not preds:
-        raise DatasetError(f"{data}: no usable faces")
+        raise _nothing_to_score(data, split, skipped)
     pred, truth = np.stack(preds), np.stack(truths).astype(np.float64)
     idx = model.meta.indices
     t = truth[:, idx]
@@ -225,7 +225,7 @@ def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = F
             matched.append(res.raw_points[int(errs.argmin())])
             truths.append(truth)
     if not errors:
-        raise DatasetError(f"{data}: no usable faces")
+        raise _nothing_to_score(data, split, skipped)
     errors_all = np.array(errors)
     found = errors_all[errors_all <= 10]
     return {"n": len(errors_all), "detected": float(100 * len(found) / len(errors_all)),
@@ -234,6 +234,13 @@ def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = F
             if matched else float("nan"),
             "failure_rate": float(100 * (errors_all > 10).mean()), "errors": found,
             "skipped": skipped}
+
+
+def _nothing_to_score(data: str | Path, split: str, skipped: int) -> DatasetError:
+    """The error for a dataset that left no face to score, saying why."""
+    return DatasetError(f"{data}: " + (f"every face was skipped as bad ({skipped})" if skipped
+                                       else f"no faces of {split} people in its split"
+                                       if split != "all" else "no faces"))
 
 
 def _summary(pred: np.ndarray, truth: np.ndarray, errors: np.ndarray) -> dict:
