@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         unroute_onnxruntime()
-    out = {k: (None if v != v else round(v, 4)) if isinstance(v, float) else v  # NaN: null
+    # NaN and infinity are not JSON: null
+    out = {k: (round(v, 4) if np.isfinite(v) else None) if isinstance(v, float) else v
            for k, v in res.items()
            if k in ("n", "nme", "mae", "failure_rate", "bias_px", "bias_mirrored_px",
                     "label_offset_x_px", "members", "disagreement", "label_noise_rms",
