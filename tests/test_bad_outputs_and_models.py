@@ -249,3 +249,15 @@ def test_eval_says_why_no_face_was_left_to_score(tmp_path):
         image.write_bytes(b"garbage")
     p = run("fkp.tracker.evaluate", str(data), "--model", str(m68), "--skip-bad", check=False)
     assert p.returncode == 2 and "every face was skipped as bad (2)" in p.stderr, p.stderr
+
+
+def test_a_file_read_as_a_camera_gets_a_warning(face_video, caplog):
+    """``--camera talk.mp4`` works (a file read live) but drops frames: the user is told
+    that ``--video`` processes every frame."""
+    from fkp.tracker.sources import open_source
+
+    with caplog.at_level("WARNING", logger="fkp.tracker.sources"):
+        source = open_source(str(face_video), "camera")
+        source.close()
+    assert any("--video" in r.getMessage() and "is a file" in r.getMessage()
+               for r in caplog.records)

@@ -328,6 +328,9 @@ def open_source(spec: int | str | Path, kind: str | None = None, fps: float | No
         if not (url or Path(text).exists()):
             raise SourceError(f"camera must be an index, a device path or a stream URL "
                               f"(rtsp://, http://, ...): no such device {text}")
+        if not url and Path(text).is_file():
+            log.warning("%s is a file: read as a camera, only the newest frame is kept and "
+                        "frames are dropped; --video %s processes every frame", text, text)
         return CameraSource(text, *(size or ()))
     if kind == "video" or url:
         return VideoSource(text, prefetch)
