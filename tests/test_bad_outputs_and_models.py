@@ -189,7 +189,8 @@ def test_argument_types_refuse_out_of_range_and_non_finite_values():
     ("fkp.tracker.testvideo", ["make", "d", "o.mp4", "--seconds", "nan"], "--seconds"),
     ("fkp.train.cli", ["--data", "d", "--out", "o", "--threads", "-1"], "--threads"),
     ("fkp.train.cli", ["--data", "d", "--out", "o", "--ema", "1.5"], "--ema"),
-    ("fkp.train.cli", ["--data", "d", "--out", "o", "--epochs", "0"], "--epochs")])
+    ("fkp.train.cli", ["--data", "d", "--out", "o", "--epochs", "0"], "--epochs"),
+    ("fkp.train.cli", ["--data", "d", "--out", __file__], "is a file")])
 def test_commands_refuse_numbers_out_of_range_in_one_line(module, argv, option):
     p = run(module, *argv, check=False)
     last = p.stderr.strip().splitlines()[-1]

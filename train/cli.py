@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import numpy as np
@@ -108,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(str(e))
     if not 0.0 <= args.occlusion <= 1.0:
         p.error(f"--occlusion must be a probability in [0, 1], not {args.occlusion}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file; give a folder for checkpoints and figures")
     if args.epochs < 1 or args.batch < 1 or args.input_size < 8 or args.threads < 0 \
             or args.max_steps < 0 or args.workers < 0:
         p.error("--epochs, --batch must be >= 1, --input-size >= 8, --threads, --workers, "
