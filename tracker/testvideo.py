@@ -40,10 +40,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .argtypes import OneLineParser, number, whole
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_pooled
-from .argtypes import OneLineParser, number, whole
 from .writers import quiet_broken_pipe
 
 log = logging.getLogger(__name__)

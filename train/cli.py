@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import torch
 
+from fkp.tracker.argtypes import number, whole
 from fkp.tracker.data import DatasetError
 
 from .losses import LOSSES
@@ -39,11 +40,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="per dataset (in --data order): its label convention offset in image "
                         "pixels, kept in image axes when a face is mirrored (estimate it "
                         "with `fkp-eval DATA --split train --mirror-bias`; default 0,0)")
-    p.add_argument("--input-size", type=int, default=128, help="crop side in pixels")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3, help="(max) learning rate of Adam")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--input-size", type=whole(8), default=128, help="crop side in pixels")
+    p.add_argument("--epochs", type=whole(1), default=40)
+    p.add_argument("--batch", type=whole(1), default=32)
+    p.add_argument("--lr", type=number(above=True), default=3e-3, help="(max) learning rate of Adam")
+    p.add_argument("--weight-decay", type=number(), default=1e-4)
     p.add_argument("--schedule", choices=("onecycle", "constant"), default="onecycle")
     p.add_argument("--loss", choices=LOSSES, default="l1",
                    help="point loss: l1 (default), mse, wing (Feng et al. 2018), or nme: each "
@@ -72,10 +73,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precise-bn", type=int, default=0, metavar="N",
                    help="re-estimate BatchNorm statistics on N training crops before every "
                         "validation (default 0 = off; the final weights always try both)")
-    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+    p.add_argument("--ema", type=number(), default=0.0, metavar="DECAY",
                    help="validate, select and export an exponential moving average of the "
                         "weights with this decay per step (e.g. 0.998; default 0 = off)")
-    p.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+    p.add_argument("--sam", type=number(), default=0.0, metavar="RHO",
                    help="sharpness-aware minimisation with radius RHO (e.g. 0.05; 0 = off): "
                         "two forward/backward passes per step")
     p.add_argument("--bf16", action="store_true",
@@ -96,9 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) bad rows and images instead of stopping")
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    p.add_argument("--max-steps", type=int, default=0, help="limit steps per epoch (smoke runs)")
+    p.add_argument("--workers", type=whole(0), default=0, help="data loader processes")
+    p.add_argument("--threads", type=whole(0), default=0, help="torch threads (0 = default)")
+    p.add_argument("--max-steps", type=whole(0), default=0, help="limit steps per epoch (smoke runs)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.aug:
@@ -111,14 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--occlusion must be a probability in [0, 1], not {args.occlusion}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         p.error(f"--out {args.out} is a file; give a folder for checkpoints and figures")
-    if args.epochs < 1 or args.batch < 1 or args.input_size < 8 or args.threads < 0 \
-            or args.max_steps < 0 or args.workers < 0:
-        p.error("--epochs, --batch must be >= 1, --input-size >= 8, --threads, --workers, "
-                "--max-steps >= 0")
-    if not (args.lr > 0 and 0 <= args.ema < 1 and args.weight_decay >= 0 and args.sam >= 0
-            and 0 < args.val_fraction < 1):
-        p.error("--lr must be > 0, --ema in [0, 1), --weight-decay, --sam >= 0 and "
-                "--val-fraction between 0 and 1")
+    if not (args.ema < 1 and 0 < args.val_fraction < 1):
+        p.error("--ema must be below 1 and --val-fraction between 0 and 1")
     return args
 
 
