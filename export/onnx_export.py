@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fkp.tracker.argtypes import first_paragraph
 from fkp.tracker.landmarks import NUM_POINTS
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
 from fkp.tracker.writers import OutputError, check_outputs
@@ -263,7 +264,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-export", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fkp-export", description=first_paragraph(__doc__))
     p.add_argument("checkpoint", type=Path, help="fkp-train checkpoint (final.pt, best.pt, ...)")
     p.add_argument("out", type=Path, help="output .onnx path")
     p.add_argument("--no-card", action="store_true", help="do not write OUT.md")

@@ -10,6 +10,12 @@ import sys
 from typing import Callable
 
 
+def first_paragraph(doc: str | None) -> str:
+    """A module docstring's first paragraph without its RST markup: a command's --help
+    description."""
+    return (doc or "").split("\n\n")[0].replace("``", "")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr (subcommand parsers inherit it)."""
 

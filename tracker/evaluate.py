@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .argtypes import first_paragraph
 from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import box_from_points, uncrop
 from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular, unmirror_points
@@ -294,7 +295,7 @@ def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) ->
 
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fkp-eval", description=first_paragraph(__doc__))
     p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")
     p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
                    help="shipped model name or .onnx path (default fastnet); given several "

@@ -40,7 +40,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .argtypes import OneLineParser, number, whole
+from .argtypes import OneLineParser, first_paragraph, number, whole
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_pooled
@@ -257,7 +257,7 @@ def make_video(data_dir: str | Path, out: str | Path, faces: int = 1, seconds: f
 # ----------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
-        prog="fkp-testvideo", description=__doc__.split("\n\n")[0],
+        prog="fkp-testvideo", description=first_paragraph(__doc__),
         epilog="s" + __doc__.split("\nThe s", 1)[1].replace("::", ":"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import torch
 
-from fkp.tracker.argtypes import number, whole
+from fkp.tracker.argtypes import first_paragraph, number, whole
 from fkp.tracker.data import DatasetError
 
 from .losses import LOSSES
@@ -31,7 +31,7 @@ log = logging.getLogger("fkp.train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fkp-train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="fkp-train", description=first_paragraph(__doc__))
     p.add_argument("--arch", default="fastnet", help=f"network: {', '.join(list_models())}")
     p.add_argument("--data", nargs="+", required=True,
                    help="datasets: folder format (images/ + landmarks.csv), a folder of .pts "
@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--input-size", type=whole(8), default=128, help="crop side in pixels")
     p.add_argument("--epochs", type=whole(1), default=40)
     p.add_argument("--batch", type=whole(1), default=32)
-    p.add_argument("--lr", type=number(above=True), default=3e-3, help="(max) learning rate of Adam")
+    p.add_argument("--lr", type=number(above=True), default=3e-3,
+                   help="(max) learning rate of Adam")
     p.add_argument("--weight-decay", type=number(), default=1e-4)
     p.add_argument("--schedule", choices=("onecycle", "constant"), default="onecycle")
     p.add_argument("--loss", choices=LOSSES, default="l1",
@@ -99,7 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip (and count) bad rows and images instead of stopping")
     p.add_argument("--workers", type=whole(0), default=0, help="data loader processes")
     p.add_argument("--threads", type=whole(0), default=0, help="torch threads (0 = default)")
-    p.add_argument("--max-steps", type=whole(0), default=0, help="limit steps per epoch (smoke runs)")
+    p.add_argument("--max-steps", type=whole(0), default=0,
+                   help="limit steps per epoch (smoke runs; 0 = none)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     if args.aug:
