@@ -300,7 +300,7 @@ def test_label_noise_recovers_the_noise_of_labels_around_a_perfect_prediction():
     predicted exactly: the estimate is 2 %; a net that copies the noisy labels gives 0."""
     from conftest import template_shape
     from fkp.tracker.data import DatasetError
-    from fkp.tracker.evaluate import label_noise
+    from fkp.tracker.erroranalysis import label_noise
     from fkp.tracker.landmarks import interocular
     from fkp.tracker.runtime import ModelError
 
@@ -333,7 +333,7 @@ def test_point_bias_finds_a_fixed_offset_in_the_face_frame():
     face's own frame plus noise: point_bias finds the offset there, and the NME without it
     is the noise's alone."""
     from conftest import template_shape
-    from fkp.tracker.evaluate import point_bias
+    from fkp.tracker.erroranalysis import point_bias
     from fkp.tracker.landmarks import interocular, nme
     from fkp.tracker.runtime import ModelError
 

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from .argtypes import first_paragraph
 from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import box_from_points, uncrop
-from .landmarks import LEFT_EYE_OUTER, NUM_POINTS, RIGHT_EYE_OUTER, interocular, unmirror_points
+from .erroranalysis import compare, label_noise, point_bias, summary
+from .landmarks import NUM_POINTS, interocular, unmirror_points
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError, route_onnxruntime_log
 from .writers import OutputError, check_writable, quiet_broken_pipe
@@ -114,79 +115,9 @@ def evaluate(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
         mb = (np.stack(mirrored) - t).mean(axis=(0, 1))
         extra = {"bias_mirrored_px": [round(float(v), 4) for v in mb],
                  "label_offset_x_px": round(-float((pred - t)[..., 0].mean() + mb[0]) / 2, 4)}
-    return {**extra, **_summary(pred, t, errors),
+    return {**extra, **summary(pred, t, errors),
             "bias_px": [round(float(v), 4) for v in (pred - t).mean(axis=(0, 1))],
             "skipped": skipped, "points": pred, "truth": truth, "groups": np.array(groups)}
-
-
-def _face_frame(points: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Points (N, 68, 2) in image pixels -> the frame of the reference shapes ``ref`` (N, 68,
-    2): origin at the points' own mean, x along ref's eye axis (36 -> 45), % of ref's IOD."""
-    return _in_eye_frame(points - points.mean(1, keepdims=True), ref)
-
-
-def _in_eye_frame(vectors: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Vectors (N, K, 2) in image pixels turned onto the eye axis (36 -> 45) of the shapes
-    ``ref`` (N, 68, 2) and scaled to % of their IOD."""
-    e = ref[:, RIGHT_EYE_OUTER] - ref[:, LEFT_EYE_OUTER]
-    iod = interocular(ref)
-    c, s = e[:, 0] / iod, e[:, 1] / iod
-    rot = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], 1)
-    return 100 * np.einsum("nij,nkj->nki", rot, vectors) / iod[:, None, None]
-
-
-def label_noise(pred: np.ndarray, truth: np.ndarray, groups: np.ndarray,
-                fraction: float = 0.5) -> dict:
-    """Estimate the labels' own noise from groups whose faces are frames of one face
-    (youtube-faces-68: a person's video; meaningless where a group's faces are different
-    people, as in 300-W photos).
-
-    ``pred`` and ``truth`` (N, 68, 2) are image pixels; both shapes of a face go into the
-    frame of its label (:func:`_face_frame`). For frames i, j of one group, the mean square
-    difference per coordinate of their labels is dT = dS + 2 s2 (the true change of shape plus
-    both labels' noise of variance s2, if independent) and that of the predictions dP = dS +
-    dE (plus the change of the net's error). Over the ``fraction`` of pairs whose predictions
-    differ least, (dT - dP) / 2 = s2 - dE / 2: a lower estimate of s2 when the net's error is
-    independent of the labels' noise and the net follows the true changes of shape. A net that
-    does not (one that predicts nearly the mean face) sees a smaller dP than dS and inflates
-    the estimate, so use it with an accurate net. Returns ``noise_pairs``,
-    ``label_noise_rms`` (sqrt s2, % of IOD per coordinate) and ``nme_floor`` (s *
-    sqrt(pi / 2), the NME a perfect predictor would score against labels with isotropic
-    Gaussian noise of that size)."""
-    if pred.shape[1:] != (NUM_POINTS, 2):
-        raise ModelError(f"--label-noise needs a {NUM_POINTS}-point model")
-    t, p = _face_frame(truth, truth), _face_frame(pred, truth)
-    d_t, d_p = [], []
-    for g in np.unique(groups):
-        idx = np.flatnonzero(groups == g)
-        i, j = np.triu_indices(len(idx), 1)
-        d_t.append(((t[idx[i]] - t[idx[j]]) ** 2).mean(axis=(1, 2)))
-        d_p.append(((p[idx[i]] - p[idx[j]]) ** 2).mean(axis=(1, 2)))
-    d_t, d_p = np.concatenate(d_t), np.concatenate(d_p)
-    if not len(d_t):
-        raise DatasetError("--label-noise needs groups (people) with two or more faces")
-    keep = np.argsort(d_p, kind="stable")[:max(1, int(round(fraction * len(d_p))))]
-    rms = float(np.sqrt(max((d_t[keep] - d_p[keep]).mean() / 2, 0.0)))
-    return {"noise_pairs": int(len(keep)), "label_noise_rms": rms,
-            "nme_floor": rms * float(np.sqrt(np.pi / 2))}
-
-
-def point_bias(pred: np.ndarray, truth: np.ndarray) -> dict:
-    """The systematic part of a model's error: each point's mean signed error (K, 2) in the
-    frame of its face (x along the label's eye axis 36 -> 45, % of its IOD), from ``pred``
-    and ``truth`` (N, 68, 2) image pixels. Returns ``point_bias_mean`` / ``point_bias_max``
-    (length of that mean error, averaged over the points / the largest), ``point_bias_worst``
-    (the point with the largest) and ``nme_unbiased``: the NME with each point's mean error
-    subtracted (an oracle correction fitted on the faces it is scored on; what a fixed
-    per-point correction could at best gain)."""
-    if pred.shape[1:] != (NUM_POINTS, 2):
-        raise ModelError(f"--point-bias needs a {NUM_POINTS}-point model")
-    err = _in_eye_frame(pred - truth, truth)
-    bias = err.mean(axis=0)                                                # (68, 2)
-    size = np.linalg.norm(bias, axis=-1)
-    return {"point_bias_mean": float(size.mean()), "point_bias_max": float(size.max()),
-            "point_bias_worst": int(size.argmax()),
-            "nme_unbiased": float(np.linalg.norm(err - bias, axis=-1).mean())}
 
 
 def evaluate_detected(model: LandmarkModel, data: str | Path, skip_bad: bool = False,
@@ -244,37 +175,6 @@ def _nothing_to_score(data: str | Path, split: str, skipped: int) -> DatasetErro
                                        if split != "all" else "no faces"))
 
 
-def _summary(pred: np.ndarray, truth: np.ndarray, errors: np.ndarray) -> dict:
-    """``n``, ``nme``, ``mae``, ``failure_rate`` and the per-face ``errors`` (% IOD) of
-    predictions (N, K, 2) against the matching labels (N, K, 2), image pixels."""
-    return {"n": int(len(pred)), "nme": float(errors.mean()),
-            "mae": float(np.abs(pred - truth).mean()),
-            "failure_rate": float(100 * (errors > 10).mean()), "errors": errors}
-
-
-def compare(results: dict[str, dict]) -> dict:
-    """Several 68-point models' :func:`evaluate` results on the same faces -> metrics of their
-    average (frame coordinates: any input sizes mix) plus ``members`` (each one's NME) and
-    ``disagreement`` (mean point distance between two models' predictions, % of the true
-    IOD, per pair). Disagreement far below each model's error means the models share most
-    of it, and averaging them (an ensemble) cannot remove that part."""
-    names = list(results)
-    truth = results[names[0]]["truth"]
-    for name in names:
-        r = results[name]
-        if r["points"].shape != truth.shape or not np.array_equal(r["truth"], truth):
-            raise ModelError(f"{name}: several --model values need 68-point models and the "
-                             "same faces")
-    pred = np.mean([results[n]["points"] for n in names], axis=0)
-    iod = interocular(truth)
-    dis = {f"{a}|{b}": round(float((100 * np.linalg.norm(results[a]["points"]
-                                                         - results[b]["points"], axis=-1)
-                                    .mean(-1) / iod).mean()), 4)
-           for i, a in enumerate(names) for b in names[i + 1:]}
-    return {**_summary(pred, truth, nme_fn(pred, truth)),
-            "members": {n: round(results[n]["nme"], 4) for n in names}, "disagreement": dis}
-
-
 def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) -> None:
     """Cumulative error distribution (fraction of faces with NME <= x)."""
     import matplotlib
@@ -312,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also estimate the labels' own noise from the frames of each person "
                         "(youtube-faces-68 style data) and the NME it alone would cost a "
                         "perfect predictor; meaningful with an accurate model only (see "
-                        "fkp.tracker.evaluate.label_noise)")
+                        "fkp.tracker.erroranalysis.label_noise)")
     p.add_argument("--point-bias", action="store_true",
                    help="also report the systematic part of the error: each point's mean "
                         "signed error in the face's frame, and the NME with it subtracted "
-                        "(see fkp.tracker.evaluate.point_bias)")
+                        "(see fkp.tracker.erroranalysis.point_bias)")
     p.add_argument("--from-detector", action="store_true",
                    help="find each face as fkp-track does in a photo (the detector on the "
                         "whole image) instead of cropping it from the box of its labels: "
