@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fkp.tracker.argtypes import first_paragraph
+from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.data import DatasetError
 from fkp.tracker.metadata import ModelMeta
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
@@ -188,7 +188,7 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-ensemble", description=first_paragraph(__doc__),
+    p = OneLineParser(prog="fkp-ensemble", description=first_paragraph(__doc__),
                                 epilog=__doc__.split("Example::")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="two or more fkp .onnx models (paths or shipped "

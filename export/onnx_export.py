@@ -11,7 +11,6 @@ Example::
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fkp.tracker.argtypes import first_paragraph
+from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.landmarks import NUM_POINTS
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
 from fkp.tracker.writers import OutputError, check_outputs
@@ -264,7 +263,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-export", description=first_paragraph(__doc__))
+    p = OneLineParser(prog="fkp-export", description=first_paragraph(__doc__))
     p.add_argument("checkpoint", type=Path, help="fkp-train checkpoint (final.pt, best.pt, ...)")
     p.add_argument("out", type=Path, help="output .onnx path")
     p.add_argument("--no-card", action="store_true", help="do not write OUT.md")

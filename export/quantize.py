@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fkp.tracker.argtypes import first_paragraph
+from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.data import DatasetError, load_image, read_dataset, select_split
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
@@ -173,7 +173,7 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-quantize", description=first_paragraph(__doc__),
+    p = OneLineParser(prog="fkp-quantize", description=first_paragraph(__doc__),
                                 epilog=__doc__.split("Example::")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="fkp .onnx model (float), a path or a shipped name")

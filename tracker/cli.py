@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from .argtypes import frame_size, number, whole
+from .argtypes import OneLineParser, frame_size, number, whole
 from .sources import VIDEO_PREFETCH as PREFETCH
 from .sources import is_live_spec, is_url
 from .writers import quiet_broken_pipe
@@ -77,7 +77,7 @@ def model_from_args(args, flip_test: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog="fkp-track", description="Real-time 68-point facial keypoint tracking.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_argument_group("source (one of; default: --camera 0)")

@@ -18,7 +18,6 @@ found, and a face missed counts as a failure.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import logging
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .argtypes import first_paragraph
+from .argtypes import OneLineParser, first_paragraph
 from .data import DatasetError, Sample, load_image, read_dataset, select_split
 from .geometry import box_from_points, uncrop
 from .erroranalysis import compare, label_noise, point_bias, summary
@@ -195,7 +194,7 @@ def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) ->
 
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fkp-eval", description=first_paragraph(__doc__))
+    p = OneLineParser(prog="fkp-eval", description=first_paragraph(__doc__))
     p.add_argument("data", help="labelled folder (images/ + landmarks.csv), .pts folder or .xml")
     p.add_argument("--model", action="append", metavar="NAME_OR_PATH",
                    help="shipped model name or .onnx path (default fastnet); given several "

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import torch
 
-from fkp.tracker.argtypes import first_paragraph, number, whole
+from fkp.tracker.argtypes import OneLineParser, first_paragraph, number, whole
 from fkp.tracker.data import DatasetError
 
 from .losses import LOSSES
@@ -31,7 +31,7 @@ log = logging.getLogger("fkp.train")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fkp-train", description=first_paragraph(__doc__))
+    p = OneLineParser(prog="fkp-train", description=first_paragraph(__doc__))
     p.add_argument("--arch", default="fastnet", help=f"network: {', '.join(list_models())}")
     p.add_argument("--data", nargs="+", required=True,
                    help="datasets: folder format (images/ + landmarks.csv), a folder of .pts "
