@@ -50,6 +50,7 @@ def test_check_outputs_finds_shared_files_and_inputs(tmp_path):
     video = tmp_path / "in.mp4"
     video.write_bytes(b"x")
     (tmp_path / "link.mp4").symlink_to(video)
+    (tmp_path / "sub").mkdir()
     check_outputs({"--csv": tmp_path / "a.csv", "--json": tmp_path / "a.jsonl", "--out": None},
                   [video, "0", "rtsp://cam/1", ""])
     for outputs, inputs, says in (
@@ -58,7 +59,6 @@ def test_check_outputs_finds_shared_files_and_inputs(tmp_path):
             ({"--csv": video}, [video], "is an input"),
             ({"--out": tmp_path / "link.mp4"}, [video], "is an input"),   # another name
             ({"--csv": tmp_path / "x.csv"}, [tmp_path / "x.csv"], None)):  # not there yet
-        (tmp_path / "sub").mkdir(exist_ok=True)
         if says is None:
             check_outputs(outputs, inputs)
             continue
