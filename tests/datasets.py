@@ -93,3 +93,33 @@ def int8_conv_weights(proto) -> list[np.ndarray]:
             if n.op_type == "DequantizeLinear" and n.input[0] in inits
             and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
 
+
+def constant_model(path: Path, points: np.ndarray, size: int = 32,
+                   num_points: int | None = None) -> Path:
+    """An ONNX model whose points are always ``points`` (K, 2) (crop pixels / ``size``) for
+    every ``size`` crop: a known answer. Its metadata claims ``num_points`` (default K)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fkp.tracker.metadata import METADATA_KEY, ModelMeta
+
+    const = helper.make_tensor("c", TensorProto.FLOAT, [1, *points.shape],
+                               points.astype(np.float32).ravel().tolist())
+    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),  # (B,)
+             helper.make_node("Mul", ["m", "zero"], ["z"]),
+             helper.make_node("Unsqueeze", ["z", "ax"], ["z3"]),
+             helper.make_node("Add", ["c", "z3"], ["points"])]
+    graph = helper.make_graph(
+        nodes, "const", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                       ["B", 1, size, size])],
+        [helper.make_tensor_value_info("points", TensorProto.FLOAT, ["B", *points.shape])],
+        initializer=[const, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+                     helper.make_tensor("ax", TensorProto.INT64, [2], [1, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMeta(arch="const", input_size=size, crop_margin=0.25,
+                     num_points=len(points) if num_points is None else num_points)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, meta.to_json()
+    onnx.save(model, str(path))
+    return Path(path)

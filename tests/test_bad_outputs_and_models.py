@@ -9,40 +9,13 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from conftest import make_tiny_model
-from datasets import run_module as run, write_folder
+from datasets import constant_model, run_module as run, write_folder
 from fkp.tracker import cli
 from fkp.tracker.argtypes import number, whole
-from fkp.tracker.metadata import METADATA_KEY, ModelMeta
 from fkp.tracker.writers import OutputError, check_outputs
-
-
-def points_model(path, points: np.ndarray, size: int = 32, num_points: int = 68):
-    """An ONNX model that answers the constant ``points`` (K, 2) for every crop, with
-    metadata that claims ``num_points``."""
-    const = helper.make_tensor("c", TensorProto.FLOAT, [1, *points.shape],
-                               points.astype(np.float32).ravel().tolist())
-    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("Mul", ["m", "zero"], ["z"]),
-             helper.make_node("Unsqueeze", ["z", "ax"], ["z3"]),
-             helper.make_node("Add", ["c", "z3"], ["points"])]
-    graph = helper.make_graph(
-        nodes, "const", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                       ["B", 1, size, size])],
-        [helper.make_tensor_value_info("points", TensorProto.FLOAT, ["B", "K", 2])],
-        initializer=[const, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-                     helper.make_tensor("ax", TensorProto.INT64, [2], [1, 2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = ModelMeta(arch="const", input_size=size, crop_margin=0.25, num_points=num_points)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.save(model, str(path))
-    return path
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -131,7 +104,7 @@ def test_a_model_whose_points_do_not_fit_its_metadata_fails_at_load(tmp_path, ca
                                                                      says, face_video):
     from fkp.tracker.runtime import LandmarkModel, ModelError
 
-    bad = points_model(tmp_path / "bad.onnx", points)
+    bad = constant_model(tmp_path / "bad.onnx", points, num_points=68)
     with pytest.raises(ModelError, match=r"does not fit the metadata") as exc:
         LandmarkModel(bad, "cpu")
     assert says in str(exc.value)
@@ -155,7 +128,7 @@ def test_yunet_with_a_graph_that_is_no_yunet_fails_at_construction(tiny_model, t
 def test_eval_refuses_bad_requests_before_evaluating(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4, people=2)
     m68 = make_tiny_model(tmp_path / "m68.onnx")
-    one = points_model(tmp_path / "one.onnx", np.full((1, 2), 0.5), num_points=1)
+    one = constant_model(tmp_path / "one.onnx", np.full((1, 2), 0.5))
     for argv, says in (
             (["--ced", tmp_path / "c.txt"], "--ced writes .png"),
             (["--ced", tmp_path / "none" / "c.png"], "does not exist"),

@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from datasets import int8_conv_weights, run_module as run, write_folder
+from datasets import constant_model, int8_conv_weights, run_module as run, write_folder
 from fkp.tracker.geometry import apply_affine, box_from_points, crop_matrix
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
 
@@ -163,28 +163,6 @@ def test_train_bad_dataset_is_one_line(tmp_path):
             check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert "Person_1_01.jpg: missing or unreadable image" in p.stderr
-
-
-def constant_model(path, shape_norm, size=32):
-    """An ONNX model whose points are always ``shape_norm`` (68, 2): a known answer."""
-    const = helper.make_tensor("c", TensorProto.FLOAT, [1, 68, 2],
-                               shape_norm.astype(np.float32).ravel().tolist())
-    nodes = [helper.make_node("ReduceMean", ["image"], ["m"], axes=[1, 2, 3], keepdims=0),  # (B,)
-             helper.make_node("Mul", ["m", "zero"], ["z"]),
-             helper.make_node("Unsqueeze", ["z", "ax"], ["z3"]),
-             helper.make_node("Add", ["c", "z3"], ["points"])]
-    graph = helper.make_graph(
-        nodes, "const", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
-                                                       ["B", 1, size, size])],
-        [helper.make_tensor_value_info("points", TensorProto.FLOAT, ["B", 68, 2])],
-        initializer=[const, helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-                     helper.make_tensor("ax", TensorProto.INT64, [2], [1, 2])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = ModelMeta(arch="const", input_size=size, crop_margin=0.25)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, meta.to_json()
-    onnx.save(model, str(path))
 
 
 def test_eval_known_answer(tmp_path):
