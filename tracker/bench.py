@@ -301,12 +301,11 @@ def bench(args) -> dict:
     from .writers import CsvWriter, check_outputs, check_writable
 
     outputs = {"--csv": args.csv, "--dlib-csv": args.dlib_csv}
-    check_outputs(outputs, [args.video])
     for p in filter(None, outputs.values()):
         check_writable(p)
     tracker = _tracker(args, args.model)
     base = _tracker(args, args.vs) if args.vs and args.vs != "dlib" else None   # fails fast
-    check_outputs(outputs, [tracker.model.path, base.model.path if base else ""])
+    check_outputs(outputs, [args.video, tracker.model.path, base.model.path if base else ""])
     writers = {"fkp": CsvWriter(args.csv, tracker.model.meta.indices) if args.csv else None,
                "base": CsvWriter(args.dlib_csv) if args.dlib_csv else None}
     try:

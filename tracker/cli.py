@@ -254,7 +254,7 @@ def run(args, ap: argparse.ArgumentParser) -> int:
         ap.error("--camera-size is for local cameras (a stream's size is set where it is "
                  "sent from; files and images keep theirs)")
     outputs = {"--csv": args.csv, "--json": args.json, "--out": args.out}
-    check_outputs(outputs)
+    check_outputs(outputs)          # against each other now; against the inputs once known
     for path in outputs.values():
         if path:
             check_writable(path)
