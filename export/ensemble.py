@@ -42,7 +42,7 @@ from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.data import DatasetError
 from fkp.tracker.metadata import ModelMeta
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
-from fkp.tracker.writers import OutputError
+from fkp.tracker.writers import OutputError, interruptible
 
 from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
                           set_metadata)
@@ -187,6 +187,7 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
     return results
 
 
+@interruptible("fkp-ensemble")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="fkp-ensemble", description=first_paragraph(__doc__),
                                 epilog=__doc__.split("Example::")[1],
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                  args.val_fraction, card=not args.no_card, soup=args.soup)
     except (EnsembleError, ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-ensemble: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"wrote {out}")
     return 0
 

@@ -24,7 +24,7 @@ import numpy as np
 from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.landmarks import NUM_POINTS
 from fkp.tracker.metadata import METADATA_KEY, ModelMeta
-from fkp.tracker.writers import OutputError, check_outputs
+from fkp.tracker.writers import OutputError, check_outputs, interruptible
 
 log = logging.getLogger("fkp.export")
 TOLERANCE = 1e-3
@@ -136,25 +136,28 @@ def export(checkpoint: Path, out: Path, check_batch: int = 4, card: bool = True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(Graph(copy.deepcopy(model)), (x,), str(tmp), input_names=["image"],
-                          output_names=names,
-                          dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                          opset_version=17, dynamo=False)
-    proto = onnx.load(str(tmp))
-    set_metadata(proto, meta)
-    proto.producer_name = "fkp-export"
-    onnx.checker.check_model(proto)
-    onnx.save(proto, str(tmp))
-    sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"image": x.numpy()})
-    diff = max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
-    print(f"max |torch - onnxruntime| = {diff:.2e} (batch {check_batch})")
-    if not diff <= TOLERANCE:
+    try:                                  # never a half-written model, nor a stray .tmp
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Graph(copy.deepcopy(model)), (x,), str(tmp),
+                              input_names=["image"], output_names=names,
+                              dynamic_axes={"image": {0: "batch"},
+                                            **{n: {0: "batch"} for n in names}},
+                              opset_version=17, dynamo=False)
+        proto = onnx.load(str(tmp))
+        set_metadata(proto, meta)
+        proto.producer_name = "fkp-export"
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {"image": x.numpy()})
+        diff = max(float(np.abs(r.numpy() - g).max()) for r, g in zip(ref, got))
+        print(f"max |torch - onnxruntime| = {diff:.2e} (batch {check_batch})")
+        if not diff <= TOLERANCE:
+            raise ExportError(f"torch and onnxruntime differ by {diff:.2e} > {TOLERANCE:g}")
+        os.replace(tmp, out)
+    finally:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"torch and onnxruntime differ by {diff:.2e} > {TOLERANCE:g}")
-    os.replace(tmp, out)
     if card:
         write_card(out.with_suffix(".md"), meta, out)
     return diff
@@ -262,6 +265,7 @@ def write_card(path: Path, meta: ModelMeta, onnx_path: Path) -> None:
     os.replace(tmp, path)
 
 
+@interruptible("fkp-export")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="fkp-export", description=first_paragraph(__doc__))
     p.add_argument("checkpoint", type=Path, help="fkp-train checkpoint (final.pt, best.pt, ...)")
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         export(args.checkpoint, args.out, card=not args.no_card)
     except (ExportError, OutputError, OSError) as exc:
         print(f"fkp-export: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"wrote {args.out}")
     return 0
 

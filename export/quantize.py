@@ -41,7 +41,7 @@ from fkp.tracker.argtypes import OneLineParser, first_paragraph
 from fkp.tracker.data import DatasetError, load_image, read_dataset, select_split
 from fkp.tracker.geometry import box_from_points
 from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
-from fkp.tracker.writers import OutputError
+from fkp.tracker.writers import OutputError, interruptible
 
 from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
                           set_metadata)
@@ -172,6 +172,7 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
     return results
 
 
+@interruptible("fkp-quantize")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="fkp-quantize", description=first_paragraph(__doc__),
                                 epilog=__doc__.split("Example::")[1],
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                  card=not args.no_card, calibration=args.calibration)
     except (QuantizeError, ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-quantize: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     print(f"wrote {args.out}")
     return 0
 

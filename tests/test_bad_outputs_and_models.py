@@ -80,7 +80,7 @@ def test_export_quantize_and_ensemble_refuse_to_overwrite_an_input(tmp_path):
             ("fkp.export.ensemble", [a, b, b, "--data", data], "fkp-ensemble", "is an input"),
             ("fkp.export.onnx_export", [ckpt, tmp_path], "fkp-export", "is a directory")):
         p = run(module, *map(str, argv), check=False)
-        assert p.returncode == 2 and p.stderr.startswith(f"{prog}: error:"), p.stderr
+        assert p.returncode == 1 and p.stderr.startswith(f"{prog}: error:"), p.stderr
         assert says in p.stderr, p.stderr
         assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
     assert all(p.read_bytes() == v for p, v in before.items())
@@ -92,7 +92,7 @@ def test_quantize_refuses_a_model_that_is_already_int8(tmp_path):
                         metadata={"training": {"quantization": {"method": "minmax"}}})
     p = run("fkp.export.quantize", str(q), str(tmp_path / "qq.onnx"), "--data",
             str(tmp_path), check=False)
-    assert p.returncode == 2 and "already quantized" in p.stderr, p.stderr
+    assert p.returncode == 1 and "already quantized" in p.stderr, p.stderr
     assert not (tmp_path / "qq.onnx").exists()
 
 
@@ -129,15 +129,15 @@ def test_eval_refuses_bad_requests_before_evaluating(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4, people=2)
     m68 = make_tiny_model(tmp_path / "m68.onnx")
     one = constant_model(tmp_path / "one.onnx", np.full((1, 2), 0.5))
-    for argv, says in (
-            (["--ced", tmp_path / "c.txt"], "--ced writes .png"),
-            (["--ced", tmp_path / "none" / "c.png"], "does not exist"),
-            (["--model", m68, "--model", one], "68-point models"),
-            (["--model", one, "--point-bias"], "68-point models"),
-            (["--limit", "-1"], "--limit"),
-            (["--val-fraction", "nan"], "--val-fraction")):
+    for argv, says, status in (                       # 2: bad usage, 1: a bad file
+            (["--ced", tmp_path / "c.txt"], "--ced writes .png", 2),
+            (["--ced", tmp_path / "none" / "c.png"], "does not exist", 1),
+            (["--model", m68, "--model", one], "68-point models", 1),
+            (["--model", one, "--point-bias"], "68-point models", 1),
+            (["--limit", "-1"], "--limit", 2),
+            (["--val-fraction", "nan"], "--val-fraction", 2)):
         p = run("fkp.tracker.evaluate", str(data), *map(str, argv), check=False)
-        assert p.returncode == 2 and says in p.stderr, p.stderr
+        assert p.returncode == status and says in p.stderr, p.stderr
         assert "NME" not in p.stdout and "Traceback" not in p.stderr
 
 
@@ -177,7 +177,7 @@ def test_score_names_a_file_that_is_no_csv(tmp_path, face_video):
     for track, says in ((face_video, "not a text (CSV) file"),
                         (tmp_path, "a directory, not a CSV file")):
         p = run("fkp.tracker.testvideo", "score", str(truth), str(track), check=False)
-        assert p.returncode == 2 and f"{track}: {says}" in p.stderr, p.stderr
+        assert p.returncode == 1 and f"{track}: {says}" in p.stderr, p.stderr
         assert p.stderr.count("\n") == 1
 
 
@@ -204,6 +204,26 @@ def test_bench_on_a_truncated_mp4_says_one_line(tmp_path, astronaut_bgr, tiny_mo
     assert p.stderr.startswith("fkp-bench: error: cannot read video")
 
 
+def test_bench_on_a_half_video_times_what_it_read_and_exits_3(tmp_path, face_video,
+                                                              tiny_model):
+    """A video that ends before its container says: the frames read are timed and reported
+    (the JSON line, ``"truncated": true``), then one error line and status 3, as fkp-track."""
+    import json
+
+    cut = tmp_path / "cut.avi"
+    data = face_video.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    p = run("fkp.tracker.bench", "--video", str(cut), "--model", str(tiny_model),
+            "--vs", str(tiny_model), "--rounds", "2", check=False)
+    assert p.returncode == 3, p.stderr
+    assert p.stderr.count("\n") == 1 and "truncated" in p.stderr, p.stderr
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["truncated"] is True and result["frames"] > 0 and "_truncated" not in result
+    p = run("fkp.tracker.bench", "--video", str(face_video), "--model", str(tiny_model),
+            check=False)
+    assert p.returncode == 0 and json.loads(p.stdout.splitlines()[-1])["truncated"] is False
+
+
 @pytest.mark.parametrize("argv, says", [
     (["--track-images"], "--track-images is for an image folder"),
     (["--smooth", "2", "--no-smooth"], "not allowed with argument --smooth")])
@@ -218,11 +238,11 @@ def test_eval_says_why_no_face_was_left_to_score(tmp_path):
     m68 = make_tiny_model(tmp_path / "m68.onnx")
     p = run("fkp.tracker.evaluate", str(data), "--model", str(m68), "--split", "val",
             "--val-fraction", "0.01", check=False)
-    assert p.returncode == 2 and "no faces of val people in its split" in p.stderr, p.stderr
+    assert p.returncode == 1 and "no faces of val people in its split" in p.stderr, p.stderr
     for image in (data / "images").iterdir():
         image.write_bytes(b"garbage")
     p = run("fkp.tracker.evaluate", str(data), "--model", str(m68), "--skip-bad", check=False)
-    assert p.returncode == 2 and "every face was skipped as bad (2)" in p.stderr, p.stderr
+    assert p.returncode == 1 and "every face was skipped as bad (2)" in p.stderr, p.stderr
 
 
 def test_a_file_read_as_a_camera_gets_a_warning(face_video, caplog):
@@ -235,3 +255,28 @@ def test_a_file_read_as_a_camera_gets_a_warning(face_video, caplog):
         source.close()
     assert any("--video" in r.getMessage() and "is a file" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("module, target, argv, prog", [
+    ("fkp.export.onnx_export", "export", ["ck.pt", "out.onnx"], "fkp-export"),
+    ("fkp.export.quantize", "quantize", ["m.onnx", "q.onnx", "--data", "d"], "fkp-quantize"),
+    ("fkp.export.ensemble", "ensemble", ["a.onnx", "b.onnx", "e.onnx", "--data", "d"],
+     "fkp-ensemble"),
+    ("fkp.tracker.testvideo", "score_pooled", ["score", "t.truth.csv", "t.csv"],
+     "fkp-testvideo"),
+    ("fkp.tracker.evaluate", "LandmarkModel", ["d"], "fkp-eval")])
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys, module,
+                                                           target, argv, prog):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    mod = importlib.import_module(module)
+    monkeypatch.setattr(mod, target, interrupted)
+    monkeypatch.setattr(mod, "resolve_model", lambda name, device: name, raising=False)
+    try:
+        status = mod.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail(f"{prog}: Ctrl-C escaped main() (a traceback for the user)")
+    assert status == 130 and capsys.readouterr().err == f"{prog}: interrupted\n"

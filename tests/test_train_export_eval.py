@@ -67,17 +67,17 @@ def test_quantize_int8_checks_accuracy_and_keeps_the_contract(trained):
     tmp, data, out = trained
     fp32, int8 = tmp / "q32.onnx", tmp / "q8.onnx"
     run("fkp.export.onnx_export", str(out / "final.pt"), str(fp32), "--no-card")
-    # refused (int8 cannot be 100 % better than float): one line, exit 2, nothing written
+    # refused (int8 cannot be 100 % better than float): one line, exit 1, nothing written
     p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
             "--val-fraction", "0.34", "--max-loss", "-100", check=False)
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0
     assert "above the float model" in p.stderr and not int8.exists()
     junk = tmp / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 20)
     for model, data_arg in ((junk, data), (fp32, tmp / "no-such-data")):
         p = run("fkp.export.quantize", str(model), str(int8), "--data", str(data_arg),
                 check=False)
-        assert p.returncode == 2 and p.stderr.startswith("fkp-quantize: error:"), p.stderr
+        assert p.returncode == 1 and p.stderr.startswith("fkp-quantize: error:"), p.stderr
         assert p.stderr.strip().count("\n") == 0 and not int8.exists()
     p = run("fkp.export.quantize", str(fp32), str(int8), "--data", str(data), "--count", "8",
             "--val-fraction", "0.34", "--max-loss", "1000", "--calibration", "percentile")
@@ -123,7 +123,7 @@ def test_train_device_cuda_without_a_gpu_is_one_line(tmp_path):
     data, _ = write_folder(tmp_path / "d", n=4)
     p = run("fkp.train.cli", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
             "--device", "cuda", check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip() == ("fkp-train: error: --device cuda: torch sees no usable CUDA GPU "
                                 "(use --device cpu)")
 
@@ -139,7 +139,7 @@ def test_train_loss_runs_on_fastnet_and_is_refused_where_it_cannot(tmp_path, los
               "--max-steps", "2", "--val-fraction", "0.34", "--loss", loss]
     p = run("fkp.train.cli", "--arch", refused, "--out", str(tmp_path / "n"), *common,
             check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1] == f"fkp-train: error: {message}"
     run("fkp.train.cli", "--arch", "fastnet", "--out", str(tmp_path / "f"), *common)
     hist = json.loads((tmp_path / "f" / "metrics.json").read_text())
@@ -161,7 +161,7 @@ def test_train_bad_dataset_is_one_line(tmp_path):
     (data / "images" / "Person_1_01.jpg").write_bytes(b"garbage")
     p = run("fkp.train.cli", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
             check=False)
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr
     assert "Person_1_01.jpg: missing or unreadable image" in p.stderr
 
 
@@ -367,14 +367,14 @@ def test_ensemble_known_answer_and_bad_members(tmp_path):
     assert m.meta.arch == "ensemble(const, const)" and len(m.meta.training["ensemble"]) == 2
     assert m.meta.metrics["n/d"] >= 1
     assert (tmp_path / "e.md").read_text().count("`a.onnx`") == 1
-    # members of another crop format, or a file that is no model: one line, exit 2
+    # members of another crop format, or a file that is no model: one line, exit 1
     constant_model(tmp_path / "c48.onnx", norm, size=48)
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07garbage" * 20)
     for bad, why in ((tmp_path / "c48.onnx", "differ in input_size"), (junk, "cannot load")):
         p = run("fkp.export.ensemble", str(tmp_path / "a.onnx"), str(bad),
                 str(tmp_path / "bad.onnx"), "--data", str(data), check=False)
-        assert p.returncode == 2 and p.stderr.startswith("fkp-ensemble: error:"), p.stderr
+        assert p.returncode == 1 and p.stderr.startswith("fkp-ensemble: error:"), p.stderr
         assert why in p.stderr and p.stderr.strip().count("\n") == 0
         assert not (tmp_path / "bad.onnx").exists()
 
@@ -413,7 +413,7 @@ def test_ensemble_soup_averages_the_weights_of_one_graph(tmp_path):
         onnx.save(proto, str(b))
         p = run("fkp.export.ensemble", str(a), str(b), str(tmp_path / "bad.onnx"), "--soup",
                 "--data", str(data), check=False)
-        assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
+        assert p.returncode == 1 and p.stderr.strip().count("\n") == 0
         assert why in p.stderr, p.stderr
         assert not (tmp_path / "bad.onnx").exists()
 

@@ -21,7 +21,7 @@ loops' points (first round) in the ``fkp-track --csv`` layout, for ``fkp-testvid
 The last stdout line is one JSON object: ``fps``, ``median_ms`` (the median frame's total
 ms), ``stages_ms``, ``provider``, ``model``, ``arch``, ``video``, ``frames`` (timed),
 ``faces_per_frame``, ``detector``, ``threads``, ``detector_runs``, ``scans_skipped`` (last
-round); with ``--vs`` ``rounds``, ``speedups`` and ``dlib`` (``fps``, ``median_ms``,
+round), ``truncated``; with ``--vs`` ``rounds``, ``speedups`` and ``dlib`` (``fps``, ``median_ms``,
 ``stages_ms``, ``frames``, ``faces_per_frame``, ``upsample``, ``version``; or ``error``
 when dlib is not installed) and ``speedup_vs_dlib``, or ``vs_model`` (the same, with
 ``model`` and ``arch``) and ``speedup_vs_model``.
@@ -29,7 +29,9 @@ when dlib is not installed) and ``speedup_vs_dlib``, or ``vs_model`` (the same, 
 ``--runs`` calls after ``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median
 milliseconds per face: per call / batch), ``infer_ms_mean``, ``batch``, ``provider``,
 ``model``, ``threads``, ``flip_test``.
-Exit status: 0 ok, 1 error (one ``fkp-bench: error:`` line on stderr), 2 bad usage.
+Exit status: 0 ok, 1 error (one ``fkp-bench: error:`` line on stderr), 2 bad usage, 3 the
+video ended early (a truncated file: the frames read were timed and reported, the JSON line
+has ``"truncated": true``).
 """
 from __future__ import annotations
 
@@ -115,6 +117,7 @@ class LoopStats:
     stages: tuple[str, ...]
     times: dict[str, list[float]] = field(default_factory=dict)
     faces: list[int] = field(default_factory=list)
+    truncated: str = ""        # the source's warning when the video ended early
 
     def add(self, ms: dict[str, float], n_faces: int) -> None:
         for k in self.stages:
@@ -150,9 +153,11 @@ class LoopStats:
                 "faces_per_frame": round(float(np.mean(self.faces[start:])), 3)}
 
 
-def _frames(path: str, limit: int, prefetch: int = 0) -> Iterator[tuple[object, float]]:
+def _frames(path: str, limit: int, prefetch: int = 0,
+            stats: LoopStats | None = None) -> Iterator[tuple[object, float]]:
     """(Frame, decode ms) for the first ``limit`` frames (0 = all) of a video. With
-    ``prefetch`` the ms are the wait for a frame the decoder thread has not finished yet."""
+    ``prefetch`` the ms are the wait for a frame the decoder thread has not finished yet.
+    A video that ends before its container's frame count sets ``stats.truncated``."""
     from .sources import open_source
 
     source = open_source(path, "video", prefetch=prefetch)
@@ -168,6 +173,9 @@ def _frames(path: str, limit: int, prefetch: int = 0) -> Iterator[tuple[object, 
             n += 1
             yield frame, ms
     finally:
+        if stats is not None and getattr(source, "truncated", False):
+            stats.truncated = (f"video {path} ended after {n} of {source.frame_count} frames "
+                               f"(truncated file?); the {n} frames read were timed")
         source.close()
 
 
@@ -182,7 +190,7 @@ def run_fkp(args, tracker, on_result: Callable | None = None) -> LoopStats:
 
     indices = tracker.model.meta.indices
     stats = LoopStats(FKP_STAGES)
-    frames = _frames(args.video, args.frames, args.prefetch)
+    frames = _frames(args.video, args.frames, args.prefetch, stats)
     for frame, decode_ms in _progress(frames, args.frames, "fkp"):
         t0 = time.perf_counter()
         res = tracker.process(frame.image, frame.timestamp_ms, frame.index)
@@ -208,7 +216,7 @@ def run_dlib(args, on_result: Callable | None = None) -> tuple[LoopStats, object
 
     loop = DlibLoop(args.dlib_upsample)
     stats = LoopStats(DLIB_STAGES)
-    frames = _frames(args.video, args.frames, args.prefetch)
+    frames = _frames(args.video, args.frames, args.prefetch, stats)
     for frame, decode_ms in _progress(frames, args.frames, "dlib"):
         t0 = time.perf_counter()
         gray = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
@@ -327,7 +335,8 @@ def bench(args) -> dict:
            "detector": type(tracker.detector).__name__,
            "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],
-           "scans_skipped": tracker.stats["scans_skipped"]}
+           "scans_skipped": tracker.stats["scans_skipped"],
+           "truncated": bool(mine[0].truncated), "_truncated": mine[0].truncated}
     if not args.vs:
         return out
     key, out["rounds"] = "dlib" if base is None else "model", args.rounds
@@ -385,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     unroute_onnxruntime = route_onnxruntime_log()
     if not args.verbose:
         quiet_opencv()
+        # a truncated video is reported once, at the end, not by the source on every pass
+        logging.getLogger("fkp.tracker.sources").setLevel(logging.ERROR)
     try:
         result = bench_inference(args) if args.infer_only else bench(args)
     except BrokenPipeError:
@@ -404,7 +415,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         unroute_onnxruntime()
+    truncated = result.pop("_truncated", "")
     print(json.dumps(result))
+    if truncated:
+        print(f"{PROG}: error: {truncated}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -34,7 +34,7 @@ from .erroranalysis import compare, label_noise, point_bias, summary
 from .landmarks import NUM_POINTS, interocular, unmirror_points
 from .landmarks import nme as nme_fn
 from .runtime import LandmarkModel, ModelError, route_onnxruntime_log
-from .writers import OutputError, check_writable, quiet_broken_pipe
+from .writers import OutputError, check_writable, interruptible, quiet_broken_pipe
 
 CED_FORMATS = (".png", ".pdf", ".svg")
 
@@ -192,6 +192,7 @@ def ced_plot(errors: np.ndarray, path: Path, label: str, limit: float = 15.0) ->
     plt.close(fig)
 
 
+@interruptible("fkp-eval")
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="fkp-eval", description=first_paragraph(__doc__))
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             ced_plot(res["errors"], args.ced, "+".join(Path(n).stem for n in results))
     except (ModelError, DatasetError, OutputError, OSError) as exc:
         print(f"fkp-eval: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     finally:
         unroute_onnxruntime()
     # NaN and infinity are not JSON: null

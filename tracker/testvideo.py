@@ -44,7 +44,7 @@ from .argtypes import OneLineParser, first_paragraph, number, whole
 from .data import DatasetError, Sample, read_folder, select_split
 from .landmarks import NUM_POINTS, interocular
 from .videoscore import ScoreError, score_pooled
-from .writers import quiet_broken_pipe
+from .writers import interruptible, quiet_broken_pipe
 
 log = logging.getLogger(__name__)
 WIDTH, HEIGHT = 640, 480
@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@interruptible("fkp-testvideo")
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (DatasetError, ScoreError, OSError, ValueError) as exc:
         print(f"fkp-testvideo: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -54,6 +54,23 @@ def quiet_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+def interruptible(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """For a command's ``main``: Ctrl-C (or SIGINT) ends it with one ``PROG: interrupted``
+    line on stderr and status 130 instead of a KeyboardInterrupt traceback. Outputs are
+    written atomically (a temporary file moved over the target), so none is left half done."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def wrapper(*args, **kwargs) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+        return wrapper
+    return decorate
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Raise :class:`OutputError` unless ``path`` can be created or overwritten (creates
     nothing). ``-`` (stdout) is always fine."""

@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = final_outputs(trainer)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"fkp-train: error: {exc}", file=sys.stderr)
-        return 2
+        return 1
     except KeyboardInterrupt:
         print("fkp-train: interrupted; resume with --resume", file=sys.stderr)
         return 130
