@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fkp.tracker import bench
+from fkp.tracker import bench, benchloops
 from fkp.tracker.videoscore import read_points_csv
 
 
@@ -25,7 +25,7 @@ def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
     assert code == 0, err
     res = json.loads(out[-1])
     assert res["fps"] > 0 and res["frames"] == 10 and res["median_ms"] > 0
-    assert set(bench.FKP_STAGES) <= set(res["stages_ms"])
+    assert set(benchloops.FKP_STAGES) <= set(res["stages_ms"])
     assert res["provider"] == "CPUExecutionProvider"
     assert res["model"].endswith("tiny.onnx") and res["arch"] == "tiny-test"
     assert res["faces_per_frame"] > 0.5
@@ -38,7 +38,7 @@ def test_bench_fkp_json(capsys, tiny_model, face_video, tmp_path):
 def test_loop_summary_means_fps_and_median():
     """fps counts frames over their summed time after the warm-up; median_ms is the median
     frame's total, which one stalled frame does not move."""
-    stats = bench.LoopStats(("infer", "total"))
+    stats = benchloops.LoopStats(("infer", "total"))
     for total in (50.0, 2.0, 2.0, 3.0, 40.0):      # the first is warm-up
         stats.add({"infer": total / 2, "total": total}, 1)
     s = stats.summary(warmup=1)
@@ -80,7 +80,7 @@ def test_bench_vs_dlib(capsys, tiny_model, face_video, tmp_path):
     assert code == 0, err
     res = json.loads(out[-1])
     assert res["dlib"]["fps"] > 0 and res["speedup_vs_dlib"] > 0
-    assert set(bench.DLIB_STAGES) <= set(res["dlib"]["stages_ms"])
+    assert set(benchloops.DLIB_STAGES) <= set(res["dlib"]["stages_ms"])
     assert res["dlib"]["faces_per_frame"] > 0          # HOG finds the astronaut
     rows = read_points_csv(dlib_csv)
     assert sorted(rows) == [0, 1, 2]

@@ -22,6 +22,31 @@ def test_three_formats_give_the_same_points(tmp_path):
 def test_group_names():
     assert group_of("George_W_Bush_03.jpg") == "George_W_Bush"
     assert group_of("afw_111076519_2.jpg") == "afw_111076519"
+    assert group_of("image_0457.png", "lfpw/trainset") == "lfpw/trainset/image_0457"
+    assert group_of("indoor_001.png") == "indoor_001"
+
+
+def test_dlib_xml_mirrored_twins_stay_on_their_original_side(tmp_path):
+    """dlib's 300-W XML holds every photo twice (``X.jpg`` and ``X_mirror.jpg``): the twins
+    are one group, so no held-out face has its mirror image in training; LFPW's numbered
+    photos (``image_0457.png``) are a group each, not one group ``image``."""
+    parts = "".join(f"<part name='{k:02d}' x='{10 + k}' y='{20 + k % 7}'/>" for k in range(68))
+    items = [f"<image file='{sub}/{stem}{twin}.jpg'><box top='1' left='1' width='30' "
+             f"height='30'>{parts}</box></image>"
+             for i in range(150)
+             for sub, stem in (("helen/trainset", f"{1000 + i}_1"),
+                               ("lfpw/trainset", f"image_{i:04d}"))
+             for twin in ("", "_mirror")]
+    xml = tmp_path / "labels_ibug_300W_train.xml"
+    xml.write_text(f"<dataset><images>{''.join(items)}</images></dataset>")
+    samples = read_dataset(xml)
+    assert len(samples) == 600 and len({s.group for s in samples}) == 300
+    train, val = split_by_group(samples, 0.2)[:2]
+    held = {s.group for s in val}
+    assert val and train and not held & {s.group for s in train}
+    assert {s.path.name.replace("_mirror", "") for s in val} == \
+        {s.path.name for s in val if "_mirror" not in s.path.name}
+    assert any(g.startswith("lfpw/") for g in held) and any(g.startswith("helen/") for g in held)
 
 
 def test_malformed_row_names_file_and_row(tmp_path):

@@ -39,14 +39,23 @@ class Sample:
     group: str
 
 
-def group_of(name: str) -> str:
+#: Names that number photos rather than people or faces: each is a group of its own
+#: (LFPW's ``image_0457.png``, 300-W's ``indoor_001.png``).
+_NUMBERED_PHOTO = re.compile(r"(image|indoor|outdoor)_\d+", re.IGNORECASE)
+
+
+def group_of(name: str, folder: str = "") -> str:
     """Split group of an image name: the person or the source photo, never the frame.
 
     ``George_W_Bush_03.jpg`` -> ``George_W_Bush`` (youtube-faces-68: person);
-    ``helen_100040721_2.jpg`` -> ``helen_100040721`` (300-W: one photo, several faces).
+    ``helen_100040721_2.jpg`` -> ``helen_100040721`` (300-W: one photo, several faces);
+    ``2965035072_1_mirror.jpg`` -> ``2965035072`` (dlib's mirrored copy goes with its
+    original); ``image_0457.png`` -> ``image_0457`` (LFPW: one photo each). ``folder``
+    (e.g. ``lfpw/trainset``, for formats whose images sit in subfolders) prefixes the group.
     """
-    stem = Path(name).stem
-    return re.sub(r"_\d+$", "", stem)
+    stem = re.sub(r"_mirror$", "", Path(name).stem, flags=re.IGNORECASE)
+    group = stem if _NUMBERED_PHOTO.fullmatch(stem) else re.sub(r"_\d+$", "", stem)
+    return f"{folder.strip('/')}/{group}" if folder.strip("/.") else group
 
 
 def _parse_points(values: list[str], where: str) -> np.ndarray:
@@ -108,7 +117,8 @@ def read_pts_dir(root: Path) -> list[Sample]:
                      None)
         if image is None:
             raise DatasetError(f"{pts}: no image beside it")
-        out.append(Sample(image, read_pts_file(pts), group_of(image.name)))
+        out.append(Sample(image, read_pts_file(pts),
+                          group_of(image.name, image.parent.relative_to(root).as_posix())))
     return out
 
 
@@ -135,7 +145,8 @@ def read_ibug_xml(xml_path: Path) -> list[Sample]:
                 seen.add(i)
             if len(seen) != NUM_POINTS:
                 raise DatasetError(f"{where}: {len(seen)} parts, expected {NUM_POINTS}")
-            out.append(Sample(xml_path.parent / file, pts, group_of(Path(file).name)))
+            out.append(Sample(xml_path.parent / file, pts,
+                              group_of(Path(file).name, Path(file).parent.as_posix())))
     return out
 
 
