@@ -45,7 +45,7 @@ from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 from fkp.tracker.writers import OutputError, interruptible
 
 from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
-                          set_metadata)
+                          scoring_fraction, set_metadata)
 
 # metadata fields every member must share (the crop format and what comes out)
 SHARED = ("input_size", "num_points", "crop_margin", "norm_scale", "norm_offset",
@@ -131,8 +131,8 @@ def average_weights(protos: list):
     return model
 
 
-def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: float = 0.1,
-             card: bool = True, soup: bool = False) -> dict[str, list[float]]:
+def ensemble(members: list[Path], out: Path, datasets: list[str],
+             val_fraction: float | None = None, card: bool = True, soup: bool = False) -> dict[str, list[float]]:
     """Write the averaging ensemble of ``members`` to ``out`` (atomically) with validation
     metrics; ``soup``: average their weights instead of their outputs. Returns ``{dataset:
     [member NMEs..., ensemble NME]}``."""
@@ -147,6 +147,7 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
         values = [getattr(m, f) for m in metas]
         if any(v != values[0] for v in values):
             raise EnsembleError(f"members differ in {f}: {values}")
+    val_fraction = scoring_fraction(metas, val_fraction)
     names = ["points", "score"] if metas[0].has_score else ["points"]
     protos = [onnx.load(str(m.path)) for m in models]
     merged = average_weights(protos) if soup else merge_graphs(protos, names)
@@ -172,7 +173,7 @@ def ensemble(members: list[Path], out: Path, datasets: list[str], val_fraction: 
                               portable_path(str(out)), *(["--soup"] if soup else []), "--data",
                               *(portable_path(d) for d in datasets)])
         meta.training = dict(
-            metas[0].training, command=command, combine="weights" if soup else "outputs",
+            metas[0].training, command=command, val_fraction=val_fraction, combine="weights" if soup else "outputs",
             weights=f"mean of {len(models)} members' {'weights' if soup else 'outputs'}",
             loss=" / ".join(dict.fromkeys(str(m.training.get("loss", "?")) for m in metas)),
             epochs=sum(m.training.get("epochs", 0) for m in metas),
@@ -197,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="+", required=True,
                    help="labelled datasets: the ensemble and its members are evaluated on "
                         "their held-out people")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="the split's held-out fraction, as given to fkp-train (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="the split's held-out fraction for the evaluation (default: the "
+                        "smallest the members were trained with, as recorded in them; else "
+                        "0.1)")
     p.add_argument("--soup", action="store_true",
                    help="average the members' weights, not their outputs: one network's "
                         "inference cost; for fine-tunes of one model and that model")

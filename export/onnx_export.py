@@ -67,7 +67,10 @@ def build_meta(ck: dict, has_score: bool) -> ModelMeta:
     training = {
         "datasets": ck.get("datasets") or [Path(d).name for d in a["data"]],
         "split": f"by person/photo (group hash, val_fraction={a['val_fraction']}, fixed seed 0)",
-        "command": shlex.join(cmd), "epochs": ck["epoch"], "input_size": a["input_size"],
+        "val_fraction": float(a["val_fraction"]),
+        # epochs trained (the weights may be an earlier epoch's: "weights" says which)
+        "command": shlex.join(cmd), "epochs": len(ck.get("history") or []) or ck["epoch"],
+        "input_size": a["input_size"],
         "loss": a["loss"], "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
         "weights": ck.get("selection", f"epoch {ck['epoch']}"),
     }
@@ -186,6 +189,21 @@ def publish(proto, meta: ModelMeta, tmp: Path, out: Path, card: bool = True) -> 
     os.replace(tmp, out)
     if card:
         write_card(out.with_suffix(".md"), meta, out)
+
+
+def scoring_fraction(metas: list, requested: float | None) -> float:
+    """The ``--val-fraction`` to score models of metadata ``metas`` on: ``requested``, else
+    the smallest fraction they were trained with (whose held-out people none of them trained
+    on), else 0.1. A requested fraction above that is used with a warning: its held-out part
+    then includes people some model trained on."""
+    known = [f for f in (m.val_fraction for m in metas) if f is not None]
+    safe = min(known) if known else 0.1
+    if requested is None:
+        return safe
+    if requested > safe + 1e-12:
+        log.warning("--val-fraction %g: a model was trained with %g, so the held-out faces "
+                    "include people it trained on", requested, safe)
+    return requested
 
 
 def held_out_metrics(model, datasets: list[str], val_fraction: float = 0.1

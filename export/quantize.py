@@ -44,7 +44,7 @@ from fkp.tracker.runtime import LandmarkModel, ModelError, resolve_model
 from fkp.tracker.writers import OutputError, interruptible
 
 from .onnx_export import (check_destination, held_out_metrics, portable_path, publish,
-                          set_metadata)
+                          scoring_fraction, set_metadata)
 
 INT8_OPS = ["Conv", "Add", "Relu", "Resize", "MaxPool", "AveragePool"]
 # activation range estimators (onnxruntime's): min-max of the calibration crops, or a
@@ -98,10 +98,11 @@ def float_nodes(graph) -> list[str]:
 
 
 def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
-             val_fraction: float = 0.1, max_loss: float = 2.0, card: bool = True,
+             val_fraction: float | None = None, max_loss: float = 2.0, card: bool = True,
              calibration: str = "minmax") -> dict:
     """Quantize ``src`` into ``out`` (written atomically, only if it passes the accuracy check).
-    ``calibration``: a key of :data:`CALIBRATIONS`. Returns ``{dataset: (float NME, int8
+    ``calibration``: a key of :data:`CALIBRATIONS`; ``val_fraction``: see
+    :func:`~fkp.export.onnx_export.scoring_fraction`. Returns ``{dataset: (float NME, int8
     NME)}``."""
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod,
@@ -114,6 +115,7 @@ def quantize(src: Path, out: Path, datasets: list[str], count: int = 256,
     if ref.meta.training.get("quantization"):
         raise QuantizeError(f"{src} is already quantized to 8 bits; give the float model it "
                             "was made from")
+    val_fraction = scoring_fraction([ref.meta], val_fraction)
     inputs = calibration_inputs(ref, datasets, count, val_fraction)
 
     class Reader(CalibrationDataReader):
@@ -186,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration", choices=sorted(CALIBRATIONS), default="minmax",
                    help="how activation ranges are set from the calibration crops: min-max "
                         "(default), 99.999th percentile or entropy of their histograms")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="the split's held-out fraction, as given to fkp-train (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="the split's held-out fraction for the accuracy check (default: the "
+                        "one the model was trained with, as recorded in it; else 0.1)")
     p.add_argument("--max-loss", type=float, default=2.0, metavar="PCT",
                    help="refuse if int8 NME is more than PCT %% above float (default 2)")
     p.add_argument("--no-card", action="store_true", help="do not write OUT.md")

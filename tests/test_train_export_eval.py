@@ -56,6 +56,7 @@ def test_export_parity_metadata_and_tracker_runtime(trained):
     assert model.meta.arch == "fastnet" and model.meta.input_size == 64 and model.meta.has_score
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     assert model.meta.training["epochs"] == epochs and "nme/data" in model.meta.metrics
+    assert model.meta.val_fraction == 0.34
     pts, scores = model.predict(np.zeros((120, 160), np.uint8),
                                 np.array([[10, 10, 60, 70], [50, 40, 150, 110.0]]))
     assert pts.shape == (2, 68, 2) and scores.shape == (2,)
@@ -530,3 +531,55 @@ def test_eval_from_detector_matches_found_faces_and_counts_missed_ones(tmp_path,
     p = run("fkp.tracker.evaluate", str(tmp_path / "d"), "--model", str(tiny_model),
             "--model", str(tiny_model), "--from-detector", check=False)
     assert p.returncode == 2 and "--from-detector takes one --model" in p.stderr
+
+
+def test_resume_after_a_cut_continues_exactly_and_refuses_changed_options(tmp_path,
+                                                                          monkeypatch):
+    """A run cut after its first epoch and resumed ends with the very weights of a run that
+    was never cut (data order, augmentation and BatchNorm crops continue their random
+    streams); resuming with another input size is refused in one line."""
+    import torch
+
+    from fkp.train import cli
+    from fkp.train.trainer import Trainer
+
+    data, _ = write_folder(tmp_path / "d", n=12, people=6)
+    common = ["--arch", "fastnet", "--data", str(data), "--input-size", "64", "--epochs", "2",
+              "--batch", "4", "--max-steps", "2", "--val-fraction", "0.34", "--ema", "0.9",
+              "--precise-bn", "8", "--threads", "1"]
+    write_metrics = Trainer.write_metrics
+
+    def cut(self):
+        write_metrics(self)
+        raise KeyboardInterrupt              # after epoch 1's checkpoint: a Ctrl-C
+
+    monkeypatch.setattr(Trainer, "write_metrics", cut)
+    assert cli.main([*common, "--out", str(tmp_path / "cut")]) == 130
+    monkeypatch.setattr(Trainer, "write_metrics", write_metrics)
+    assert cli.main([*common, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert cli.main([*common, "--out", str(tmp_path / "whole")]) == 0
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=False) for r in ("cut", "whole"))
+    assert a["epoch"] == b["epoch"] == 2
+    for key in ("model", "train_model"):
+        assert all(torch.equal(a[key][k], b[key][k]) for k in b[key]), key
+    bigger = [*common, "--out", str(tmp_path / "cut"), "--resume"]
+    bigger[bigger.index("64")] = "96"
+    p = run("fkp.train.cli", *bigger, check=False)
+    assert p.returncode == 1 and "started with --input-size 64, not 96" in p.stderr, p.stderr
+
+
+def test_models_are_scored_on_people_none_of_them_trained_on(caplog):
+    """fkp-quantize / fkp-ensemble score at the smallest held-out fraction their models were
+    trained with (read from the metadata; older files carry it only in the split text)."""
+    from fkp.export.onnx_export import scoring_fraction
+
+    old = ModelMeta("fastnet", 64, training={
+        "split": "by person/photo (group hash, val_fraction=0.05, fixed seed 0)"})
+    new = ModelMeta("fastnet", 64, training={"val_fraction": 0.2})
+    unknown = ModelMeta("fastnet", 64)
+    assert (old.val_fraction, new.val_fraction, unknown.val_fraction) == (0.05, 0.2, None)
+    assert scoring_fraction([new, old], None) == 0.05
+    assert scoring_fraction([new], None) == 0.2 and scoring_fraction([unknown], None) == 0.1
+    assert scoring_fraction([new], 0.1) == 0.1 and not caplog.records
+    assert scoring_fraction([new, old], 0.1) == 0.1
+    assert "include people it trained on" in caplog.records[-1].getMessage()

@@ -10,6 +10,7 @@ the runtime configures itself from the file alone. Inputs and outputs of the gra
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +20,22 @@ METADATA_KEY = "fkp"
 
 class MetadataError(ValueError):
     """The model file carries no usable fkp metadata."""
+
+
+def recorded_val_fraction(training: dict) -> float | None:
+    """The ``--val-fraction`` of the person-wise split a model was trained with, from its
+    ``training`` record (``val_fraction``; files exported before it was recorded: the
+    ``split`` text), or None. People are held out where their group's hash falls below the
+    fraction, so the held-out people at a fraction are held out at every larger one too:
+    scoring a model at its own fraction or below never scores faces it trained on."""
+    value = training.get("val_fraction")
+    if value is None:
+        m = re.search(r"val_fraction=([0-9.eE+-]+)", str(training.get("split", "")))
+        value = m.group(1) if m else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
 
 
 @dataclass
@@ -71,6 +88,11 @@ class ModelMeta:
             raise MetadataError("point_indices does not match num_points")
         if not -0.45 < float(self.crop_margin) < 2.0:
             raise MetadataError(f"crop_margin {self.crop_margin!r} out of range")
+
+    @property
+    def val_fraction(self) -> float | None:
+        """The split's held-out fraction at training (:func:`recorded_val_fraction`)."""
+        return recorded_val_fraction(self.training)
 
     @property
     def indices(self) -> list[int]:

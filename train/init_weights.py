@@ -200,9 +200,13 @@ def _check_parity(model: nn.Module, proto, path: Path, x: torch.Tensor, size: in
 
 def init_record(meta_training: dict, arch: str, input_size: int, path: Path) -> dict:
     """What the checkpoint keeps about the source (for the metadata and the model card)."""
+    from fkp.tracker.metadata import recorded_val_fraction
+
     keep = ("command", "epochs", "train_seconds", "datasets", "init")
+    fraction = recorded_val_fraction(meta_training)
     return {"from": str(path), "arch": arch, "input_size": input_size,
-            **{k: meta_training[k] for k in keep if k in meta_training}}
+            **{k: meta_training[k] for k in keep if k in meta_training},
+            **({"val_fraction": fraction} if fraction is not None else {})}
 
 
 def initialise(model: nn.Module, arch: str, path: str | Path,
@@ -222,5 +226,6 @@ def initialise(model: nn.Module, arch: str, path: str | Path,
     except RuntimeError as exc:
         raise ValueError(f"{path}: {str(exc).splitlines()[0]}") from None
     training = {"epochs": ck.get("epoch"), "train_seconds": round(float(ck.get("elapsed", 0.0)), 1),
+                "val_fraction": ck.get("args", {}).get("val_fraction"),
                 **({"init": ck["init"]} if ck.get("init") else {})}
     return init_record(training, ck["arch"], ck.get("args", {}).get("input_size"), path)

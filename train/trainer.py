@@ -132,6 +132,11 @@ class Trainer:
                 return torch.from_numpy(np.stack([normalise(self.bn_ds.sample(int(i))[0])
                                                   for i in pick]))
             self.init = initialise(self.model, args.arch, args.init, crops)
+            src = self.init.get("val_fraction")
+            if src is not None and args.val_fraction > src + 1e-12:
+                log.warning("--init %s was trained with --val-fraction %g: at %g this run's "
+                            "validation includes people it trained on", args.init, src,
+                            args.val_fraction)
         if self.bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.model.to(self.device)
@@ -191,7 +196,26 @@ class Trainer:
                 "best": self.best, "elapsed": self.elapsed, "args": vars(self.args),
                 "arch": self.args.arch, "point_indices": self.model.point_indices,
                 "mean_shape": self.mean_shape.tolist(), "fkp_checkpoint": 1,
-                **({"init": self.init} if self.init else {})}
+                "rng": self.rng_state(), **({"init": self.init} if self.init else {})}
+
+    #: options that fix what a run's epochs mean: --resume refuses a run that changes them
+    RESUME_FIXED = ("data", "val_fraction", "input_size", "margin", "label_offset", "loss",
+                    "batch")
+
+    def rng_state(self) -> dict:
+        """Every random stream an epoch draws from (data order, augmentation, BatchNorm
+        crops), so that ``--resume`` continues the run exactly as if it had not stopped."""
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "train_aug": self.train_ds.rng.bit_generator.state,
+                "bn_aug": self.bn_ds.rng.bit_generator.state}
+
+    def set_rng_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self.train_ds.rng.bit_generator.state = state["train_aug"]
+        self.bn_ds.rng.bit_generator.state = state["bn_aug"]
 
     def save(self, name: str, extra: dict | None = None) -> Path:
         path = self.out / name
@@ -204,6 +228,15 @@ class Trainer:
         ck = load_checkpoint(path)
         if ck["arch"] != self.args.arch:
             raise ValueError(f"{path}: checkpoint is {ck['arch']!r}, not {self.args.arch!r}")
+        before, now = dict(ck.get("args", {})), dict(vars(self.args))
+        for d in (before, now):          # the datasets by name: the run may resume elsewhere
+            d["data"] = [Path(x).name for x in d.get("data") or []]
+        for key in self.RESUME_FIXED:
+            if key in before and before[key] != now.get(key):
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(f"{path}: the run was started with {flag} {before[key]}, not "
+                                 f"{now.get(key)}; resume with the same options, or start a "
+                                 f"new run from it with --init")
         self.model.load_state_dict(ck.get("train_model", ck["model"]))
         if self.ema is not None:
             self.ema.load_state_dict(ck["model"])
@@ -219,6 +252,8 @@ class Trainer:
                 self.sched.step()
         self.best, self.elapsed = ck["best"], ck.get("elapsed", 0.0)
         self.init = ck.get("init")
+        if "rng" in ck:            # checkpoints written before it was saved continue anyway
+            self.set_rng_state(ck["rng"])
         log.info("resumed %s at epoch %d", path, self.epoch)
 
     # ------------------------------------------------------------------ loop
