@@ -113,6 +113,15 @@ def test_fallback_detector_takes_turns_in_the_primary_convention():
     every = det.detect_every(gray)              # a photo: all fallbacks, the turn unchanged
     np.testing.assert_array_equal(every[:, 4], [0.9, 0.5, 0.3])
     assert det.turn == 5 and [f.calls for f in fbs] == [4, 3]
+    # the scan and recheck twins take the next fallback in the same turn: a recheck of a
+    # still scene does not repeat the fallback that has just looked at it
+    scan = det.for_scan()
+    recheck = scan.for_recheck()
+    scan.detect(gray)
+    recheck.detect(gray)
+    assert det.turn == scan.turn == recheck.turn == 7 and [f.calls for f in fbs] == [5, 4]
+    recheck.reset()
+    assert det.turn == 0
     with pytest.raises(ValueError):
         FallbackDetector(primary, [])
     with pytest.raises(ValueError, match="BoxFactors"):

@@ -116,6 +116,15 @@ def test_images_folder_glob_and_single(tmp_path, astronaut_bgr, caplog):
     assert len(one) == 1 and one[0].timestamp_ms == 0
 
 
+def test_numbered_images_are_read_in_number_order(tmp_path, astronaut_bgr):
+    """FFmpeg's ``%d`` names (f1, f2, ..., f10) are frames in number order, not f1, f10, f2."""
+    for i in (1, 2, 10, 11, 3):
+        cv2.imwrite(str(tmp_path / f"f{i}.png"), astronaut_bgr[::8, ::8])
+    order = ["f1.png", "f2.png", "f3.png", "f10.png", "f11.png"]
+    assert [f.path.name for f in open_source(tmp_path)] == order
+    assert [f.path.name for f in open_source(str(tmp_path / "f*.png"))] == order
+
+
 @pytest.mark.parametrize("make,kind,words", [
     (lambda d: d / "missing.mp4", None, "no such file"),
     (lambda d: d / "missing.mp4", "video", "does not exist"),

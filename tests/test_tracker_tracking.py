@@ -293,3 +293,53 @@ def test_a_long_run_keeps_flat_memory(tiny_model, face_video, tmp_path):
         csv.close(), js.close(), video.close()
     assert tracker.stats["tracks_started"] > 10
     assert grown < 256 * 1024, f"{grown / 1024:.0f} KiB more after 500 frames"
+
+
+def test_a_false_detection_ranked_first_does_not_keep_a_face_out(tiny_model, astronaut_bgr):
+    """Every candidate (up to MAX_CANDIDATES) is verified by the model: with room for one
+    face, a higher-ranked box on blank background that the model rejects does not take the
+    face's place."""
+    from conftest import face_frame
+    from fkp.tracker.detectors import HaarDetector
+
+    class FakeFirst(HaarDetector):
+        def detect(self, gray):
+            return np.vstack([[[380.0, 150.0, 460.0, 230.0, 1.0]], super().detect(gray)])
+
+    frame = np.full((240, 480, 3), 128, np.uint8)
+    frame[:, :240] = face_frame(astronaut_bgr, 0)[:, 40:280]
+    assert len(FakeFirst().detect(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))) >= 2
+    with Tracker(tiny_model, device="cpu", threads=1, detector=FakeFirst(), max_faces=1,
+                 async_scan=False) as tracker:
+        r = tracker.process(frame)
+        assert len(r) == 1 and r.boxes[0, 2] < 240            # the face, not the fake box
+        assert tracker.stats["detections"] == 1
+
+
+def test_a_failed_background_scan_costs_one_frame_not_the_tracker(tiny_model, astronaut_bgr):
+    from conftest import face_frame
+    from fkp.tracker.detectors import HaarDetector
+
+    class FailsOnce(HaarDetector):
+        calls = 0
+
+        def detect(self, gray):
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 2:                # the first background scan
+                raise RuntimeError("transient detector failure")
+            return super().detect(gray)
+
+    frame = face_frame(astronaut_bgr, 0)
+    with Tracker(tiny_model, device="cpu", threads=1, detector=FailsOnce(),
+                 redetect_every=3) as tracker:
+        tracker.scan_detector = tracker.detector           # the scan fails, not a twin
+        failures, counts = 0, []
+        for _ in range(40):
+            try:
+                counts.append(len(tracker.process(frame)))
+            except RuntimeError:
+                failures += 1
+            time.sleep(0.002)
+        assert failures == 1 and counts[-5:] == [1] * 5 and FailsOnce.calls > 2
+        tracker.reset()
+        assert len(tracker.process(frame)) == 1

@@ -158,5 +158,10 @@ def test_image_dir_names_and_atomic_files(tmp_path):
     assert sorted(q.name for q in (tmp_path / "ann").iterdir()) == ["000007.jpg", "a-1.png",
                                                                     "a.png"]
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "ann" / "a.png")), img)  # lossless
+    # a renamed file never replaces one written before (nor one written later)
+    names = [out.write(img, i, f"{d}/{n}").name
+             for i, (d, n) in enumerate([("p", "x-2.png"), ("q", "x.png"), ("r", "x.png"),
+                                         ("s", "x-2.png"), ("t", "x.png")])]
+    assert len(set(names)) == 5 and names[:2] == ["x-2.png", "x.png"]
     with pytest.raises(OutputError, match="does not exist"):
         ImageDirOutput(tmp_path / "no" / "ann")

@@ -223,30 +223,38 @@ class FallbackDetector:
     boxes are returned in the primary's convention (mapped through the landmark box: the
     primary needs its :class:`BoxFactors` as ``factors``), so :meth:`to_landmark_box` is
     the primary's; candidates are merged best first, and the tracker's model verifies them.
-    ``skip_primary``: run the fallbacks only (:meth:`for_recheck`).
+    ``skip_primary``: run the fallbacks only (:meth:`for_recheck`). The twins share the
+    fallbacks' turn, so a scan or recheck of a still scene runs the fallback that looked
+    longest ago, not one that has just seen the same pixels.
     """
 
     def __init__(self, primary: Detector, fallbacks: list[Detector],
-                 skip_primary: bool = False) -> None:
+                 skip_primary: bool = False, turn: list[int] | None = None) -> None:
         if not fallbacks:
             raise ValueError("FallbackDetector needs at least one fallback")
         if not isinstance(getattr(primary, "factors", None), BoxFactors):
             raise ValueError("FallbackDetector's primary needs its BoxFactors as .factors")
         self.primary, self.fallbacks = primary, list(fallbacks)
         self.skip_primary = skip_primary
-        self.turn = 0
+        self._turn = turn if turn is not None else [0]     # shared with the twins
+
+    @property
+    def turn(self) -> int:
+        """Calls of :meth:`detect` so far, this detector's and its twins'."""
+        return self._turn[0]
 
     def for_scan(self) -> "FallbackDetector":
         """For the periodic scan while faces are tracked: the primary's scan twin (where it
-        has one) with the same fallbacks, which take their own turns."""
-        return FallbackDetector(twin(self.primary, "scan"), self.fallbacks)
+        has one) with the same fallbacks, in the shared turn."""
+        return FallbackDetector(twin(self.primary, "scan"), self.fallbacks, turn=self._turn)
 
     def for_recheck(self) -> "FallbackDetector":
         """For a scan of pixels that have not changed since the last scan (the change gate's
         forced tick in a still scene): the primary has seen them and would find what it
         found then, so only the fallbacks run, one per call in their own turn; boxes stay
         in the primary's convention. About half the work of :meth:`detect`."""
-        return FallbackDetector(self.primary, self.fallbacks, skip_primary=True)
+        return FallbackDetector(self.primary, self.fallbacks, skip_primary=True,
+                                turn=self._turn)
 
     def for_photo(self) -> "FallbackDetector":
         """The photo twins (``for_photo``, where they have one) of the primary and of every
@@ -255,12 +263,12 @@ class FallbackDetector:
                                 [twin(f, "photo") for f in self.fallbacks])
 
     def reset(self) -> None:
-        """Start the fallbacks' turns over (as a new detector)."""
-        self.turn = 0
+        """Start the fallbacks' turns over (as a new detector; the twins' too)."""
+        self._turn[0] = 0
 
     def detect(self, gray: np.ndarray) -> np.ndarray:
-        fallback = self.fallbacks[self.turn % len(self.fallbacks)]
-        self.turn += 1
+        fallback = self.fallbacks[self._turn[0] % len(self.fallbacks)]
+        self._turn[0] += 1
         return self._merged(gray, [fallback])
 
     def detect_every(self, gray: np.ndarray) -> np.ndarray:

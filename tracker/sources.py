@@ -307,6 +307,13 @@ def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
+def natural_key(path: Path) -> list:
+    """Sort key that orders numbered files as numbers: ``f2.png`` before ``f10.png``
+    (FFmpeg's ``%d`` names), then by the full path."""
+    parts = re.split(r"(\d+)", str(path))
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in parts] + [(2, 0, str(path))]
+
+
 def open_source(spec: int | str | Path, kind: str | None = None, fps: float | None = None,
                 prefetch: int = 0, size: tuple[int, int] | None = None) -> Source:
     """Open a frame source.
@@ -335,14 +342,16 @@ def open_source(spec: int | str | Path, kind: str | None = None, fps: float | No
     if kind == "video" or url:
         return VideoSource(text, prefetch)
     if _is_glob(text) and not Path(text).exists():
-        paths = sorted(Path(p) for p in globmod.glob(text)
-                       if Path(p).suffix.lower() in IMAGE_EXTS and Path(p).is_file())
+        paths = sorted((Path(p) for p in globmod.glob(text)
+                        if Path(p).suffix.lower() in IMAGE_EXTS and Path(p).is_file()),
+                       key=natural_key)
         if not paths:
             raise SourceError(f"no images match {text}")
         return ImageSource(paths, text, fps or DEFAULT_FPS)
     p = Path(text)
     if p.is_dir():
-        paths = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS and q.is_file())
+        paths = sorted((q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS and q.is_file()),
+                       key=natural_key)
         return ImageSource(paths, text, fps or DEFAULT_FPS)
     if not p.exists():
         raise SourceError(f"{text}: no such file or directory")

@@ -38,7 +38,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 STAGES = ("detect", "crop", "infer", "post", "total")
 UNVERIFIED_DETECTION_SCORE = 0.65  # candidates a model without a face score must trust
 PHOTO_MAX_FACES = 16             # fkp-track's --max-faces default for photos (4 for streams)
+MAX_CANDIDATES = 8               # detections verified per detector run (one model batch)
 
 
 class Tracker:
@@ -172,9 +173,10 @@ class Tracker:
         self._next_id = 0
         self._since_detect = 0
         self._detect_requested = True
-        if getattr(self, "_scan", None) is not None:
-            self._scan.result()                 # let a running scan end, then drop it
-        self._scan = None
+        scan, self._scan = getattr(self, "_scan", None), None
+        if scan is not None:        # let a running scan end (its failure no longer matters)
+            with suppress(Exception):
+                scan.result()
         if self.gate is not None:              # (set before __init__ calls reset)
             self.gate.reset()
         if self.arrivals is not None:
@@ -185,6 +187,8 @@ class Tracker:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._scan is not None and self.gate is not None:
+            self.gate.reset()            # the dropped scan's frame counts as not scanned
         self._scan = None
 
     def __enter__(self) -> "Tracker":
@@ -242,8 +246,8 @@ class Tracker:
         arrival = not due and self._arrival(image)
         detected = False
         if self._scan is not None and (self._scan.done() or urgent):
-            dets = self._scan.result()          # an earlier background scan has finished
-            self._scan = None
+            scan, self._scan = self._scan, None  # (taken first: a failed scan is not kept)
+            dets = scan.result()                # an earlier background scan has finished
             self._start_tracks(image, w, h, dets)
             detected = True
         if (due or arrival) and (len(self._tracks) < self.max_faces or self._detect_requested):
@@ -377,18 +381,21 @@ class Tracker:
         return dets
 
     def _start_tracks(self, image: np.ndarray, w: int, h: int, dets: np.ndarray) -> None:
-        """Start tracks on detected faces not tracked yet (two-pass refinement)."""
+        """Start tracks on detected faces not tracked yet (two-pass refinement); up to
+        :data:`MAX_CANDIDATES` verified in one batch, so a rejected one takes no face's place."""
         room = self.max_faces - len(self._tracks)
         dets = dets[dets[:, 4] >= self.min_detection_score]
         if not len(dets) or room <= 0:
             return
         chosen = choose_new(self.detector.to_landmark_box(dets[:, :4]), self._boxes(),
-                            self.iou_threshold, room)
+                            self.iou_threshold, max(room, MAX_CANDIDATES))
         if not len(chosen):
             return
         pts, _ = self._infer(image, chosen, np.zeros(len(chosen)))
         pts, scores = self._infer(image, box_from_points(pts), self._rolls(pts))
         for p, s, ok in zip(pts, scores, alive(pts, scores, self.score_threshold, w, h)):
+            if len(self._tracks) >= self.max_faces:
+                break
             live = self._boxes()
             if not ok or len(live) and iou(box_from_points(p)[None], live).max() > CONVERGED_IOU:
                 continue

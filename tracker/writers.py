@@ -282,10 +282,15 @@ class ImageDirOutput:
     def write(self, image: np.ndarray, index: int,
               path: str | os.PathLike | None = None) -> Path:
         """Write one frame; returns the file written."""
-        name = Path(path).name if path is not None else f"{index:06d}.jpg"
-        if name in self._names:
-            name = f"{Path(name).stem}-{index}{Path(name).suffix}"
-        self._names.add(name)
+        if path is None:                 # frames of a video or camera: unique by index
+            name = f"{index:06d}.jpg"
+        else:                            # an image source's own names may repeat
+            name, k = Path(path).name, 0
+            while name in self._names:
+                k += 1
+                stem, suffix = Path(path).stem, Path(path).suffix
+                name = f"{stem}-{index}{suffix}" if k == 1 else f"{stem}-{index}-{k}{suffix}"
+            self._names.add(name)
         out = self.folder / name
         ok, buf = cv2.imencode(out.suffix or ".jpg", image)
         if not ok:
