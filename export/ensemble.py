@@ -169,6 +169,12 @@ def ensemble(members: list[Path], out: Path, datasets: list[str],
             results[name] = [mn[name] for mn in member_nme] + [nme[name]]
             print(f"{name}: NME members {', '.join(f'{v:.3f}' for v in results[name][:-1])} "
                   f"%, {'soup' if soup else 'ensemble'} {nme[name]:.3f} %")
+        worse = [n for n, v in results.items() if soup and v[-1] > max(v[:-1])]
+        if worse:
+            raise EnsembleError(
+                f"the soup is worse than every member on {', '.join(worse)}: averaging "
+                "weights works for fine-tunes of one net, not for nets trained apart (without "
+                "--soup their outputs are averaged)")
         command = shlex.join(["fkp-ensemble", *(portable_path(str(m.path)) for m in models),
                               portable_path(str(out)), *(["--soup"] if soup else []), "--data",
                               *(portable_path(d) for d in datasets)])

@@ -583,3 +583,27 @@ def test_models_are_scored_on_people_none_of_them_trained_on(caplog):
     assert scoring_fraction([new], 0.1) == 0.1 and not caplog.records
     assert scoring_fraction([new, old], 0.1) == 0.1
     assert "include people it trained on" in caplog.records[-1].getMessage()
+
+
+def test_a_soup_worse_than_every_member_is_refused(tmp_path):
+    """Weight averaging of nets trained apart gives nonsense: members that square a weight
+    (+w and -w predict the same points) average to w = 0; nothing is written."""
+    from onnx import numpy_helper
+
+    data, shapes = write_folder(tmp_path / "d", n=6, people=3)
+    norm = apply_affine(shapes[0], crop_matrix(box_from_points(shapes[0]), 32, 0.25)) / 32
+    paths = []
+    for sign, name in ((1, "plus"), (-1, "minus")):
+        path = constant_model(tmp_path / f"{name}.onnx", norm)
+        proto = onnx.load(str(path))
+        c = next(t for t in proto.graph.initializer if t.name == "c")
+        c.CopyFrom(numpy_helper.from_array(sign * np.sqrt(numpy_helper.to_array(c)), "c"))
+        proto.graph.node.insert(0, helper.make_node("Mul", ["c", "c"], ["c2"]))
+        proto.graph.node[-1].input[0] = "c2"
+        onnx.save(proto, str(path))
+        paths.append(path)
+    out = tmp_path / "soup.onnx"
+    p = run("fkp.export.ensemble", *map(str, paths), str(out), "--soup", "--data", str(data),
+            "--val-fraction", "0.5", check=False)
+    assert p.returncode == 1 and "worse than every member" in p.stderr, p.stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))

@@ -209,8 +209,9 @@ class VideoSource(Source):
             index += 1
             ts = self._timestamp(index, ts)
         read = index + 1
-        # the container's count may be estimated; allow one frame of slack
-        if ended and 0 < self.frame_count and read < self.frame_count - 1:
+        # the container's count may be an estimate (MKV, WebM: duration x fps): 2 % slack
+        if ended and 0 < self.frame_count and read < self.frame_count - max(
+                1, int(0.02 * self.frame_count)):
             self.truncated = True
             log.warning("video %s ended after %d of %d frames (truncated file?); the frames "
                         "read were processed", self.name, read, self.frame_count)
