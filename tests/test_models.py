@@ -82,6 +82,31 @@ def test_precise_bn_replaces_stale_statistics(tmp_path):
     assert (fixed - ref).abs().max() < 1e-3
 
 
+def test_precise_bn_averages_whole_batches_only():
+    """A last, smaller batch would count as much as a full one in the cumulative average:
+    20 crops in batches of 16 give the statistics of 16 of them."""
+    import numpy as np
+
+    from fkp.train.dataset import normalise
+    from fkp.train.evaluation import recalibrate_bn
+
+    class Crops:
+        def __init__(self):
+            self.images = [np.full((8, 8), 10 * i, np.uint8) for i in range(20)]
+
+        def __len__(self):
+            return len(self.images)
+
+        def sample(self, i):
+            return self.images[i], None
+
+    bn = torch.nn.BatchNorm2d(1)
+    recalibrate_bn(torch.nn.Sequential(bn), Crops(), images=20, batch=16)
+    used = np.random.default_rng(0).permutation(20)[:16]
+    expected = np.mean([normalise(np.full((8, 8), 10 * i, np.uint8)).mean() for i in used])
+    assert float(bn.running_mean[0]) == pytest.approx(expected, abs=1e-6)
+
+
 def test_nme_loss_is_the_evaluation_metric_with_an_iod_floor():
     """``--loss nme`` is the reported NME (as a fraction), also after the coordinates are
     scaled and shifted, and divides by at least IOD_FLOOR for faces seen from the side."""

@@ -84,6 +84,8 @@ def recalibrate_bn(model: torch.nn.Module, ds: FaceDataset, images: int = 512,
     was_training = model.training
     model.train()
     idx = np.random.default_rng(seed).permutation(len(ds))[:images]
+    if len(idx) > batch:              # whole batches only: each counts once in the average
+        idx = idx[:len(idx) // batch * batch]
     for start in range(0, len(idx), batch):
         model(torch.from_numpy(np.stack([normalise(ds.sample(int(i))[0])
                                          for i in idx[start:start + batch]]))
