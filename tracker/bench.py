@@ -21,10 +21,10 @@ loops' points (first round) in the ``fkp-track --csv`` layout, for ``fkp-testvid
 The last stdout line is one JSON object: ``fps``, ``median_ms`` (the median frame's total
 ms), ``stages_ms``, ``provider``, ``model``, ``arch``, ``video``, ``frames`` (timed),
 ``faces_per_frame``, ``detector``, ``threads``, ``detector_runs``, ``scans_skipped`` (last
-round), ``truncated``; with ``--vs`` ``rounds``, ``speedups`` and ``dlib`` (``fps``, ``median_ms``,
-``stages_ms``, ``frames``, ``faces_per_frame``, ``upsample``, ``version``; or ``error``
-when dlib is not installed) and ``speedup_vs_dlib``, or ``vs_model`` (the same, with
-``model`` and ``arch``) and ``speedup_vs_model``.
+round), ``truncated``; with ``--vs`` ``rounds``, ``speedups`` and ``dlib`` (``fps``,
+``median_ms``, ``stages_ms``, ``frames``, ``faces_per_frame``, ``upsample``, ``version``; or
+``error`` when dlib is not installed) and ``speedup_vs_dlib``, or ``vs_model`` (the same,
+with ``model`` and ``arch``) and ``speedup_vs_model``.
 ``--infer-only`` times just the network: ``--batch`` face crops per call (default 1),
 ``--runs`` calls after ``--warmup`` untimed ones; its JSON line holds ``infer_ms`` (median
 milliseconds per face: per call / batch), ``infer_ms_mean``, ``batch``, ``provider``,
@@ -256,10 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     from .writers import OutputError
 
     unroute_onnxruntime = route_onnxruntime_log()
+    sources_log = logging.getLogger("fkp.tracker.sources")
+    sources_level = sources_log.level
     if not args.verbose:
         quiet_opencv()
         # a truncated video is reported once, at the end, not by the source on every pass
-        logging.getLogger("fkp.tracker.sources").setLevel(logging.ERROR)
+        sources_log.setLevel(logging.ERROR)
     try:
         result = bench_inference(args) if args.infer_only else bench(args)
     except BrokenPipeError:
@@ -279,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         unroute_onnxruntime()
+        sources_log.setLevel(sources_level)
     truncated = result.pop("_truncated", "")
     print(json.dumps(result))
     if truncated:

@@ -24,7 +24,7 @@ class LoopStats:
     stages: tuple[str, ...]
     times: dict[str, list[float]] = field(default_factory=dict)
     faces: list[int] = field(default_factory=list)
-    truncated: str = ""        # the source's warning when the video ended early
+    truncated: str = ""        # why the video ended early ("": it did not)
 
     def add(self, ms: dict[str, float], n_faces: int) -> None:
         for k in self.stages:
