@@ -56,8 +56,7 @@ def quiet_broken_pipe(main: Callable[..., int]) -> Callable[..., int]:
 
 def interruptible(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     """For a command's ``main``: Ctrl-C (or SIGINT) ends it with one ``PROG: interrupted``
-    line on stderr and status 130 instead of a KeyboardInterrupt traceback. Outputs are
-    written atomically (a temporary file moved over the target), so none is left half done."""
+    line on stderr and status 130 instead of a KeyboardInterrupt traceback."""
 
     def decorate(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
