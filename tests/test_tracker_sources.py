@@ -100,6 +100,19 @@ def test_truncated_video_keeps_frames_and_warns(face_video, tmp_path, caplog, pr
     assert any("truncated" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("extra, truncated", [(0, False), (3, False), (4, True)])
+def test_an_estimated_frame_count_a_little_high_is_not_truncation(tmp_path, extra, truncated):
+    """MKV and WebM frame counts are estimates (duration x fps): a file that ends within
+    2 % of its count (at least one frame; 3 of 150) is whole."""
+    from conftest import FRAME_H, FRAME_W, write_video
+
+    video = write_video(tmp_path / "v.avi", [np.full((FRAME_H, FRAME_W, 3), i, np.uint8)
+                                             for i in range(150)])
+    src = open_source(video)
+    src.frame_count = 150 + extra
+    assert sum(1 for _ in src) == 150 and src.truncated == truncated
+
+
 def test_images_folder_glob_and_single(tmp_path, astronaut_bgr, caplog):
     for i in range(3):
         cv2.imwrite(str(tmp_path / f"f{i:02d}.png"), astronaut_bgr[::4, ::4])
