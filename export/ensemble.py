@@ -132,7 +132,8 @@ def average_weights(protos: list):
 
 
 def ensemble(members: list[Path], out: Path, datasets: list[str],
-             val_fraction: float | None = None, card: bool = True, soup: bool = False) -> dict[str, list[float]]:
+             val_fraction: float | None = None, card: bool = True,
+             soup: bool = False) -> dict[str, list[float]]:
     """Write the averaging ensemble of ``members`` to ``out`` (atomically) with validation
     metrics; ``soup``: average their weights instead of their outputs. Returns ``{dataset:
     [member NMEs..., ensemble NME]}``."""
@@ -179,7 +180,8 @@ def ensemble(members: list[Path], out: Path, datasets: list[str],
                               portable_path(str(out)), *(["--soup"] if soup else []), "--data",
                               *(portable_path(d) for d in datasets)])
         meta.training = dict(
-            metas[0].training, command=command, val_fraction=val_fraction, combine="weights" if soup else "outputs",
+            metas[0].training, command=command, val_fraction=val_fraction,
+            combine="weights" if soup else "outputs",
             weights=f"mean of {len(models)} members' {'weights' if soup else 'outputs'}",
             loss=" / ".join(dict.fromkeys(str(m.training.get("loss", "?")) for m in metas)),
             epochs=sum(m.training.get("epochs", 0) for m in metas),
