@@ -17,9 +17,9 @@ Every failure to open is a :class:`SourceError` with a one-line message for the 
   (falls back to ``index * 1000 / fps``). A truncated file ends early: the frames read are
   delivered, a warning is logged and ``truncated`` is set.
 * Images: file names in natural order (``f2`` before ``f10``); ``timestamp_ms = index *
-  1000 / fps``; unreadable files are skipped with a warning. Their frames carry the file's ``path``, and the source says
-  ``is_still``: the images may be unrelated photos (fkp-track then processes each on its
-  own) or the frames of one clip (``--track-images``).
+  1000 / fps``; unreadable files are skipped with a warning. Their frames carry the file's
+  ``path``, and the source says ``is_still``: the images may be unrelated photos (fkp-track
+  then processes each on its own) or the frames of one clip (``--track-images``).
 
 ``--camera`` forces live reading (newest frame only) and ``--video`` every frame in order,
 whatever the URL looks like.
