@@ -264,7 +264,8 @@ def test_a_file_read_as_a_camera_gets_a_warning(face_video, caplog):
      "fkp-ensemble"),
     ("fkp.tracker.testvideo", "score_pooled", ["score", "t.truth.csv", "t.csv"],
      "fkp-testvideo"),
-    ("fkp.tracker.evaluate", "LandmarkModel", ["d"], "fkp-eval")])
+    ("fkp.tracker.evaluate", "LandmarkModel", ["d"], "fkp-eval"),
+    ("fkp.tracker.bench", "bench", ["--video", "v.mp4"], "fkp-bench")])
 def test_ctrl_c_ends_a_command_with_one_line_and_status_130(monkeypatch, capsys, module,
                                                            target, argv, prog):
     import importlib

@@ -48,7 +48,7 @@ from .benchloops import LoopStats, run_dlib, run_fkp, stage_line
 from .cli import MAX_PREFETCH, add_pipeline_args, model_from_args, quiet_opencv
 from .runtime import default_cpu_threads
 from .sources import VIDEO_PREFETCH as PREFETCH
-from .writers import quiet_broken_pipe
+from .writers import interruptible, quiet_broken_pipe
 
 log = logging.getLogger(__name__)
 PROG = "fkp-bench"
@@ -168,8 +168,9 @@ def _rounds(args, tracker, base, writers: dict) -> tuple[list, list, object, str
     return mine, theirs, loop, dlib_error
 
 
-def bench(args) -> dict:
-    """Run the requested loops, print the human lines, return the JSON dict."""
+def bench(args) -> tuple[dict, str]:
+    """Run the requested loops, print the human lines; returns the JSON dict and why the
+    video ended early ("" when it did not)."""
     from .writers import CsvWriter, check_outputs, check_writable
 
     outputs = {"--csv": args.csv, "--dlib-csv": args.dlib_csv}
@@ -200,14 +201,20 @@ def bench(args) -> dict:
            "threads": args.threads or default_cpu_threads(),
            "detector_runs": tracker.stats["detections"],
            "scans_skipped": tracker.stats["scans_skipped"],
-           "truncated": bool(mine[0].truncated), "_truncated": mine[0].truncated}
-    if not args.vs:
-        return out
+           "truncated": bool(mine[0].truncated)}
+    if args.vs:
+        _add_baseline(args, out, mine, theirs, base, loop, dlib_error)
+    return out, mine[0].truncated
+
+
+def _add_baseline(args, out: dict, mine: list, theirs: list, base, loop,
+                  dlib_error: str | None) -> None:
+    """``--vs``: print the baseline's line and the ratio; add them to the JSON dict ``out``."""
     key, out["rounds"] = "dlib" if base is None else "model", args.rounds
     if dlib_error is not None:
         print(f"dlib baseline skipped: {dlib_error}")
         out.update(dlib={"error": dlib_error}, speedup_vs_dlib=None, speedups=[])
-        return out
+        return
     b = LoopStats.pooled(theirs, args.warmup)
     ratios = [round(m.summary(args.warmup)["fps"] / max(t.summary(args.warmup)["fps"], 1e-9), 3)
               for m, t in zip(mine, theirs)]
@@ -223,7 +230,6 @@ def bench(args) -> dict:
           (f" (median of {args.rounds} alternating rounds: "
            f"{' '.join(f'{r:.2f}' for r in ratios)})" if args.rounds > 1 else ""))
     out.update({f"speedup_vs_{key}": ratio, "speedups": ratios})
-    return out
 
 
 def _usage_problem(args) -> str | None:
@@ -239,6 +245,7 @@ def _usage_problem(args) -> str | None:
     return next((message for bad, message in problems if bad), None)
 
 
+@interruptible(PROG)
 @quiet_broken_pipe
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         # a truncated video is reported once, at the end, not by the source on every pass
         sources_log.setLevel(logging.ERROR)
     try:
-        result = bench_inference(args) if args.infer_only else bench(args)
+        result, truncated = (bench_inference(args), "") if args.infer_only else bench(args)
     except BrokenPipeError:
         raise                    # stdout closed early (| head): quiet_broken_pipe, status 1
     except (SourceError, ModelError, MetadataError, DetectorError, OutputError,
@@ -271,9 +278,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
     except Exception as exc:  # never a traceback for the user; -v shows it
         log.debug("unexpected error", exc_info=True)
         first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -282,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         unroute_onnxruntime()
         sources_log.setLevel(sources_level)
-    truncated = result.pop("_truncated", "")
     print(json.dumps(result))
     if truncated:
         print(f"{PROG}: error: {truncated}", file=sys.stderr)
